@@ -1,0 +1,176 @@
+"""The ``distill`` command line (Typer)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import DistillError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=("Distill a small, fast text classifier from an ensemble of pre-trained teacher encoders "
+          "(MT-BERT multi-teacher KD), export it to ONNX fp32/INT8, serve it with BentoML and benchmark it.\n\n"
+          "Typical flow: `distill run --out runs/bbc` -> `distill export runs/bbc` -> `distill serve runs/bbc`"
+          " -> `distill bench runs/bbc`."),
+)
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run folder to write (config, split, teachers, student, report)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Dataset: 'bbc' (built-in default, BBC News), 'ag_news', 'mind', or a path to a CSV/TSV/JSONL file, a folder <label>/<file>.txt, the AG News CSV or MIND news.tsv."),
+    data_format: str = typer.Option("auto", "--format", help="auto | bbc | folder | agnews | mind | csv | tsv | jsonl."),
+    text_col: List[str] = typer.Option(["text"], "--text-col", help="Text column(s) of a CSV/TSV/JSONL (repeat to join several, e.g. title + abstract). Names, or 0-based indices without a header."),
+    label_col: str = typer.Option("label", "--label-col", help="Label column (name or 0-based index)."),
+    id_col: Optional[str] = typer.Option(None, "--id-col", help="Optional id column; default the row number."),
+    seed: int = typer.Option(13, help="Seed of the split, the teachers and the first student."),
+    dev_frac: float = typer.Option(0.1, help="Fraction of each class in the dev part."),
+    test_frac: float = typer.Option(0.2, help="Fraction of each class in the test part."),
+    train_cap: Optional[int] = typer.Option(None, help="Cap the training part at this many examples (stratified sample)."),
+    max_length: int = typer.Option(128, help="Max tokens per text (longer texts are truncated)."),
+    teacher: List[str] = typer.Option(["sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"], "--teacher", "-t", help="Teacher encoder: Hugging Face hub id (resolved offline from the HF cache or packaged copies) or local folder. Repeat for several."),
+    teacher_mode: str = typer.Option("joint", help="joint = MT-BERT co-finetuning through one shared head; independent = each teacher its own head (ablation)."),
+    teacher_epochs: int = typer.Option(1, help="Co-finetuning epochs."),
+    teacher_lr: float = typer.Option(5e-5, help="Teacher encoder learning rate (AdamW)."),
+    teacher_train_layers: int = typer.Option(2, help="Train only the top N layers of each teacher (0 = all). Lower layers stay at their pre-trained weights."),
+    teacher_batch_size: int = typer.Option(16, help="Co-finetuning batch size."),
+    head_lr: float = typer.Option(1e-3, help="Learning rate of the new heads, projections and W_ij matrices."),
+    head_dim: Optional[int] = typer.Option(None, help="Size of the shared head space (default: smallest teacher hidden size)."),
+    pooling: str = typer.Option("attentive", help="attentive (MT-BERT, query dim 200) | mean | cls."),
+    student: Optional[str] = typer.Option(None, help="Student: default = token embeddings + first K layers of the smallest teacher; or a HF checkpoint (hub id/folder) or a config.json (random init)."),
+    student_from: Optional[int] = typer.Option(None, help="Index of the teacher the student is cut from (and whose tokenizer it uses)."),
+    student_layers: Optional[int] = typer.Option(None, "--student-layers", "-k", help="Student depth K (default half the source teacher's depth)."),
+    student_head_init: str = typer.Option("shared", help="shared = start from the co-finetuned shared head when sizes match; random."),
+    strategy: str = typer.Option("mtbert", help="Distillation strategy: mtbert | avg | hinton | nokd."),
+    baselines: str = typer.Option("nokd", help="Comma-separated baseline strategies trained beside it ('' for none), e.g. nokd,hinton,avg."),
+    student_epochs: int = typer.Option(3, help="Student training epochs."),
+    student_lr: float = typer.Option(1e-4, help="Student encoder learning rate (AdamW)."),
+    student_batch_size: int = typer.Option(16, help="Student batch size."),
+    repeats: int = typer.Option(1, help="Number of student seeds (seed, seed+1, ...); results as mean and std."),
+    temperature: float = typer.Option(1.0, help="MT-BERT soft-label temperature t (eq. 2)."),
+    w_hid: float = typer.Option(1.0, help="Weight of the hidden loss L_hid (eq. 1); 0 disables it."),
+    w_kd: float = typer.Option(1.0, help="Weight of the soft-label loss L_dis (eq. 2)."),
+    w_task: float = typer.Option(1.0, help="Weight of the task loss L_task (eq. 3)."),
+    loss_weighting: bool = typer.Option(True, help="MT-BERT eq. (2) per-teacher weights 1/(1+CE(y, y_i))."),
+    alpha: float = typer.Option(0.5, help="Hinton/avg baselines: weight of the KD term (task gets 1-alpha)."),
+    kd_temperature: float = typer.Option(2.0, help="Temperature of the Hinton/avg baselines."),
+    kd_teacher: Optional[int] = typer.Option(None, help="Teacher index for the hinton baseline (default best dev macro-F1)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
+    precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch (default: all cores)."),
+    teacher_cache: bool = typer.Option(True, help="Cache frozen teachers' outputs once instead of running them at every step."),
+    cache_max_mb: float = typer.Option(4096.0, help="Largest teacher-output cache (MB); above it teachers run online."),
+    teacher_store: Optional[Path] = typer.Option(None, help="Folder of finetuned teachers reused across runs (default: <out>/../.teacher-store)."),
+    trust_remote_code: bool = typer.Option(False, help="Allow model repos' custom code (off by default)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last finished phase/epoch."),
+    overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
+    export: bool = typer.Option(False, "--export", help="Export the student to ONNX (fp32 + INT8) after training."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Co-finetune the teachers, distill a student, evaluate everything and write the run folder."""
+    from .config import RunConfig
+    from .pipeline import run as run_job
+
+    cfg = RunConfig(
+        data=data, data_format=data_format, text_cols=list(text_col), label_col=label_col, id_col=id_col, seed=seed,
+        dev_frac=dev_frac, test_frac=test_frac, train_cap=train_cap, max_length=max_length, teachers=list(teacher),
+        teacher_mode=teacher_mode, teacher_epochs=teacher_epochs, teacher_lr=teacher_lr,
+        teacher_train_layers=teacher_train_layers, teacher_batch_size=teacher_batch_size, head_lr=head_lr,
+        head_dim=head_dim, pooling=pooling, trust_remote_code=trust_remote_code, student=student,
+        student_from=student_from, student_layers=student_layers, student_head_init=student_head_init,
+        strategy=strategy, baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+        student_epochs=student_epochs, student_lr=student_lr, student_batch_size=student_batch_size, repeats=repeats,
+        temperature=temperature, w_hid=w_hid, w_kd=w_kd, w_task=w_task, loss_weighting=loss_weighting, alpha=alpha,
+        kd_temperature=kd_temperature, kd_teacher=kd_teacher, device=device, precision=precision, threads=threads,
+        teacher_cache=teacher_cache, cache_max_mb=cache_max_mb, out=str(out),
+        teacher_store=str(teacher_store) if teacher_store else None)
+    try:
+        run_dir = run_job(cfg, resume=resume, overwrite=overwrite, verbose=verbose)
+        if export:
+            from export.onnx_export import export_run
+
+            export_run(run_dir)
+    except DistillError as e:
+        _fail(e)
+    typer.echo(f"done: {run_dir / 'report.md'}")
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Path = typer.Argument(..., help="A finished run folder (with student/)."),
+    out: Optional[Path] = typer.Option(None, help="Export folder (default RUN_DIR/export)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write an fp16 model for the CUDA execution provider."),
+    per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor", help="INT8 weight quantization granularity (default: per-channel when parity holds)."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+    allow_drift: bool = typer.Option(False, help="Exit 0 even when a parity target is missed."),
+) -> None:
+    """Export RUN_DIR's student to ONNX fp32 and INT8 (dynamic quantization), prove parity, write a size table."""
+    try:
+        from export.onnx_export import export_run
+    except ImportError as e:  # pragma: no cover
+        _fail(DistillError(f"the export extra is not installed ({e}); pip install -e .[export]"))
+    try:
+        ok = export_run(run_dir, out=out, fp16=fp16, per_channel=per_channel, opset=opset)
+    except DistillError as e:
+        _fail(e)
+    if not ok and not allow_drift:
+        typer.secho("parity targets missed (see above); pass --allow-drift to accept", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    run_dir: Path = typer.Argument(..., help="A run folder with export/ (or an export folder)."),
+    host: str = typer.Option("127.0.0.1", help="Bind address (use 0.0.0.0 only when you mean it)."),
+    port: int = typer.Option(3000, help="Port."),
+    model: str = typer.Option("int8", help="int8 | fp32 | fp16."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads."),
+) -> None:
+    """Serve RUN_DIR's exported student with BentoML (`bentoml serve serve.service:NewsClassifier`)."""
+    from .errors import DistillError as _E
+
+    exp = run_dir / "export" if (run_dir / "export" / "manifest.json").is_file() else run_dir
+    if not (exp / "manifest.json").is_file():
+        _fail(_E(f"{run_dir}: no export found (manifest.json). Run `distill export {run_dir}` first."))
+    env = dict(os.environ, DISTILL_EXPORT_DIR=str(exp.resolve()), DISTILL_MODEL=model)
+    if threads:
+        env["DISTILL_INTRA_OP_THREADS"] = str(threads)
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "bentoml", "serve", "serve.service:NewsClassifier", "--host", host, "--port", str(port)]
+    os.execvpe(cmd[0], cmd, dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))))
+
+
+@app.command()
+def bench(
+    run_dir: Path = typer.Argument(..., help="A finished (and exported) run folder."),
+    quick: bool = typer.Option(False, help="Fewer repetitions (smoke test)."),
+    textbrewer: bool = typer.Option(True, help="Include the TextBrewer MultiTeacherDistiller comparison."),
+) -> None:
+    """Latency/size/accuracy/training-cost benchmark report (results.json, REPORT.md, PNG plots)."""
+    try:
+        from benchmarks.run_all import main as bench_main
+    except ImportError as e:  # pragma: no cover
+        _fail(DistillError(f"benchmarks are not available ({e})"))
+    try:
+        bench_main(run_dir, quick=quick, textbrewer=textbrewer)
+    except DistillError as e:
+        _fail(e)
+
+
+def main() -> None:  # console script entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The resolved run configuration (written to ``config.json`` in every run folder)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .errors import DistillError
+from .hub import MINILM, MPNET
+
+
+@dataclass
+class RunConfig:
+    """Every setting of ``distill run``; defaults are the built-in BBC News job.
+
+    Units: learning rates per step; ``max_length`` in tokens; ``cache_max_mb`` in MB (10^6 bytes).
+    """
+
+    # data
+    data: str | None = None
+    data_format: str = "auto"
+    text_cols: list[str] = field(default_factory=lambda: ["text"])
+    label_col: str = "label"
+    id_col: str | None = None
+    seed: int = 13
+    dev_frac: float = 0.1
+    test_frac: float = 0.2
+    train_cap: int | None = None
+    max_length: int = 128
+    # teachers
+    teachers: list[str] = field(default_factory=lambda: [MINILM, MPNET])
+    teacher_mode: str = "joint"
+    teacher_epochs: int = 1
+    teacher_lr: float = 5e-5
+    teacher_train_layers: int = 2
+    teacher_batch_size: int = 16
+    head_lr: float = 1e-3
+    head_dim: int | None = None
+    pooling: str = "attentive"
+    query_dim: int = 200
+    trust_remote_code: bool = False
+    # student
+    student: str | None = None
+    student_from: int | None = None
+    student_layers: int | None = None
+    student_head_init: str = "shared"
+    strategy: str = "mtbert"
+    baselines: list[str] = field(default_factory=lambda: ["nokd"])
+    student_epochs: int = 3
+    student_lr: float = 1e-4
+    student_batch_size: int = 16
+    repeats: int = 1
+    # losses
+    temperature: float = 1.0
+    w_hid: float = 1.0
+    w_kd: float = 1.0
+    w_task: float = 1.0
+    loss_weighting: bool = True
+    alpha: float = 0.5
+    kd_temperature: float = 2.0
+    kd_teacher: int | None = None
+    # optimisation / system
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    eval_batch_size: int = 64
+    device: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    teacher_cache: bool = True
+    cache_max_mb: float = 4096.0
+    out: str = "runs/default"
+    teacher_store: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise DistillError(f"config: unknown field(s) {unknown}.")
+        return cls(**d)
+
+    def validate(self) -> None:
+        """Check ranges and choices; raises :class:`DistillError` naming the flag."""
+        from .strategies import STRATEGIES
+
+        if not self.teachers:
+            raise DistillError("--teacher: give at least one teacher (hub id or local folder).")
+        if self.teacher_mode not in ("joint", "independent"):
+            raise DistillError("--teacher-mode must be 'joint' (MT-BERT co-finetuning) or 'independent'.")
+        for name in [self.strategy] + list(self.baselines):
+            if name not in STRATEGIES:
+                raise DistillError(f"unknown strategy {name!r} (--strategy/--baselines); choose from {sorted(STRATEGIES)}.")
+        checks = [("max_length", self.max_length >= 8), ("teacher_epochs", self.teacher_epochs >= 0),
+                  ("student_epochs", self.student_epochs >= 1), ("repeats", self.repeats >= 1),
+                  ("teacher_batch_size", self.teacher_batch_size >= 1),
+                  ("student_batch_size", self.student_batch_size >= 1), ("temperature", self.temperature > 0),
+                  ("kd_temperature", self.kd_temperature > 0), ("alpha", 0 <= self.alpha <= 1),
+                  ("train_cap", self.train_cap is None or self.train_cap >= 2),
+                  ("student_layers", self.student_layers is None or self.student_layers >= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise DistillError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r}.")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise DistillError("--device must be auto, cpu, cuda or cuda:N.")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise DistillError("--precision must be auto, fp32, bf16 or fp16.")
+        if self.student_head_init not in ("shared", "random"):
+            raise DistillError("--student-head-init must be 'shared' or 'random'.")
+        if self.student_from is not None and not 0 <= self.student_from < len(self.teachers):
+            raise DistillError(f"--student-from {self.student_from}: out of range, there are {len(self.teachers)} teachers.")

