@@ -539,3 +539,30 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, studen
                    "torch": torch.__version__, "transformers": transformers.__version__,
                    "python": platform.python_version()},
     }
+
+
+def load_run_data(run_dir: str | Path) -> tuple[TextDataset, dict[str, list[int]], RunConfig]:
+    """Reload a finished run's dataset and split (for export parity, serving checks and benchmarks).
+
+    Returns:
+        ``(dataset, {"train"|"dev"|"test": row indices}, config)``; the rows are those recorded in
+        ``split.json`` (matched by id), so the result does not depend on re-running the split.
+
+    Raises:
+        DistillError: missing ``config.json``/``split.json`` or ids that no longer exist in the data.
+    """
+    run_dir = Path(run_dir)
+    for f in ("config.json", "split.json"):
+        if not (run_dir / f).is_file():
+            raise DistillError(f"{run_dir}: missing {f}; not a distill run folder (or the run did not start).")
+    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    ds = load_dataset(cfg.data, cfg.data_format, cfg.text_cols, cfg.label_col, cfg.id_col)
+    split = json.loads((run_dir / "split.json").read_text())
+    pos = {i: k for k, i in enumerate(ds.ids)}
+    parts = {}
+    for part, ids in split["ids"].items():
+        missing = [i for i in ids if i not in pos]
+        if missing:
+            raise DistillError(f"{run_dir}/split.json: id {missing[0]!r} is not in {ds.source}; the data changed.")
+        parts[part] = [pos[i] for i in ids]
+    return ds, parts, cfg

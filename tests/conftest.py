@@ -97,3 +97,16 @@ def tiny_run_args(out: Path, teachers: list[Path], data: Path, **extra) -> list[
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", str(v)]
     return args
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_teachers, tiny_csv) -> Path:
+    """A finished tiny `distill run` folder (student/, teachers/, split.json, report.json...)."""
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    res = CliRunner().invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd"))
+    assert res.exit_code == 0, res.output
+    return out
