@@ -67,7 +67,7 @@ def _cached_snapshot(repo_id: str) -> Path | None:
     try:
         from huggingface_hub import snapshot_download
 
-        p = Path(snapshot_download(repo_id, local_files_only=True))
+        p = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=str(hf_cache_dir())))
     except Exception:
         return None
     if (p / "config.json").is_file() and any(p.glob("*.safetensors")):

@@ -70,7 +70,7 @@ def same_tokenization(a, b, probe: list[str]) -> bool:
     """True when two tokenizers give identical ids on ``probe`` texts and share a vocabulary."""
     if a.get_vocab() != b.get_vocab():
         return False
-    return a(probe)["input_ids"] == b(probe)["input_ids"]
+    return a(probe, truncation=True, max_length=64)["input_ids"] == b(probe, truncation=True, max_length=64)["input_ids"]
 
 
 # ----------------------------------------------------------------------------------------- utils

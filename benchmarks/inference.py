@@ -1,0 +1,411 @@
+"""Inference benchmark: latency (p50/p95/p99, ms), throughput (texts/s), file size (MB) and test
+accuracy / macro-F1 of every model variant of a run, measured in one process.
+
+Variants: each teacher and the teacher ensemble (PyTorch fp32), the student (PyTorch fp32), the
+student exported to ONNX fp32 and ONNX INT8 (ONNX Runtime, CPU provider); with a GPU also the
+PyTorch models on CUDA and ONNX fp32/fp16 on the CUDA execution provider.
+
+Inputs are real test texts, tokenised beforehand (tokenisation is not timed) and padded/truncated
+to exactly ``seq_len`` (128) tokens; batch ``k`` holds test texts ``k*B .. k*B+B-1`` (cycling).
+Accuracy and macro-F1 come from the same fixed-length passes over the whole test split at the
+largest batch size (the timed passes at that size are reused; the rest of the split is run
+untimed). Teachers are timed inside the ensemble's runs: one ensemble run = teacher 0 forward,
+teacher 1 forward, ..., mean of the softmax probabilities; each teacher's latency is its own
+forward inside that run, the ensemble's latency the whole run (so the teachers are not run twice).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from distill.errors import DistillError
+
+from .common import file_mb, percentiles_ms, timed_runs
+
+log = logging.getLogger("distill.bench")
+
+
+@dataclass
+class Settings:
+    """Repetition settings of the latency measurement.
+
+    Attributes:
+        batch_sizes: batch sizes to time (texts per forward call).
+        seq_len: tokens per text (padding/truncation to exactly this length).
+        min_reps / max_reps: bounds on the number of timed runs per (variant, batch size).
+        target_s: wanted timing seconds per (variant, batch size); the run count is adapted to it.
+        warmup: most warm-up runs (fewer for slow models, see :func:`benchmarks.common.timed_runs`).
+    """
+
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    seq_len: int = 128
+    min_reps: int = 20
+    max_reps: int = 200
+    target_s: float = 5.0
+    warmup: int = 5
+    warmup_budget_s: float = 3.0
+
+    @classmethod
+    def for_mode(cls, quick: bool) -> "Settings":
+        """Full settings (>= 20 timed runs, batches 1/8/32) or quick ones (>= 5 runs, batches 1/8)."""
+        if quick:
+            return cls(batch_sizes=(1, 8), min_reps=5, max_reps=30, target_s=0.3, warmup=2, warmup_budget_s=0.5)
+        return cls()
+
+
+@dataclass
+class Stage:
+    """One model forward: ``fn(rows) -> logits`` (numpy float32, (len(rows), C))."""
+
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class VariantSpec:
+    """A variant to measure. ``combine`` maps the stages' logits to class scores (default: the one
+    stage's logits); ``record_stages`` also reports each stage as its own variant (the teachers)."""
+
+    name: str
+    stages: list[Stage]
+    meta: dict
+    combine: Callable[[list[np.ndarray]], np.ndarray] | None = None
+    stage_meta: dict = field(default_factory=dict)
+
+
+def encode(tokenizer, texts: list[str], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids and attention mask (int64, (n, seq_len)), every text padded/truncated to ``seq_len``."""
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
+    return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+
+
+def batch_rows(k: int, B: int, n: int) -> np.ndarray:
+    """Test-set positions of batch ``k`` at batch size ``B`` (cycling over ``n`` texts; warm-up k < 0 -> batch 0)."""
+    k = max(k, 0)
+    return (np.arange(B) + k * B) % n
+
+
+def _metrics(scores: np.ndarray, labels: list[int], C: int) -> dict:
+    from distill.train import classification_metrics
+
+    return classification_metrics(scores, labels, C)
+
+
+def _ensemble_combine(outs: list[np.ndarray]) -> np.ndarray:
+    from distill.train import softmax_np
+
+    return np.mean([softmax_np(o) for o in outs], 0)
+
+
+def measure(spec: VariantSpec, n: int, labels: list[int], C: int, st: Settings) -> list[dict]:
+    """Time ``spec`` at every batch size and score it on the test split.
+
+    Returns:
+        One result dict per reported variant (the spec itself, then its stages when it has
+        ``stage_meta``), each with ``latency`` per batch size (ms percentiles, texts/s) and ``test``.
+    """
+    combine = spec.combine or (lambda outs: outs[0])
+    acc_B = max(st.batch_sizes)
+    names = [spec.name] + [s.name for s in spec.stages if s.name in spec.stage_meta]
+    lat: dict[str, dict] = {nm: {} for nm in names}
+    nb = math.ceil(n / acc_B)
+    store: dict[str, list] = {nm: [None] * nb for nm in names}
+    for B in st.batch_sizes:
+        stage_times: dict[str, list[float]] = {s.name: [] for s in spec.stages}
+
+        def run(k: int, B=B, stage_times=stage_times, timed=True) -> None:
+            rows = batch_rows(k, B, n)
+            outs = []
+            for s in spec.stages:
+                t0 = time.perf_counter()
+                outs.append(s.fn(rows))
+                if timed and k >= 0:
+                    stage_times[s.name].append(time.perf_counter() - t0)
+            scores = combine(outs)
+            if B == acc_B and 0 <= k < nb:
+                store[spec.name][k] = scores
+                for s, o in zip(spec.stages, outs):
+                    if s.name in store:
+                        store[s.name][k] = o
+
+        times, n_warm = timed_runs(run, st.min_reps, st.max_reps, st.target_s, st.warmup, st.warmup_budget_s)
+        for nm in names:
+            t = times if nm == spec.name else stage_times[nm]
+            p = percentiles_ms(t)
+            p.update({"batch_size": B, "seq_len": st.seq_len, "warmup_runs": n_warm,
+                      "throughput_texts_per_s": B / (p["p50_ms"] / 1000.0)})
+            lat[nm][str(B)] = p
+        log.info("%s batch %d: p50 %.2f ms (%d runs)", spec.name, B, lat[spec.name][str(B)]["p50_ms"], len(times))
+        if B == acc_B:  # complete the test split untimed
+            for k in range(nb):
+                if store[spec.name][k] is None:
+                    run(k, timed=False)
+    out = []
+    for nm in names:
+        rows_scores = np.concatenate(store[nm], 0)[:n]
+        meta = spec.meta if nm == spec.name else spec.stage_meta[nm]
+        out.append({"name": nm, **meta, "latency": lat[nm], "test": _metrics(rows_scores, labels, C)})
+    return out
+
+
+# ------------------------------------------------------------------------------------ variants
+def torch_stage(name: str, model, ids: np.ndarray, mask: np.ndarray, device: str) -> Stage:
+    """A PyTorch classifier forward on pre-tokenised rows (host->device copy included on CUDA)."""
+    ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
+
+    @torch.inference_mode()
+    def fn(rows: np.ndarray) -> np.ndarray:
+        r = torch.from_numpy(rows)
+        return model(ids_t[r].to(device), mask_t[r].to(device)).logits.float().cpu().numpy()
+
+    return Stage(name, fn)
+
+
+def ort_session(path: Path, threads: int, provider: str = "CPUExecutionProvider"):
+    """An ONNX Runtime session with ``threads`` intra-op threads (1 inter-op thread, sequential)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=[provider])
+
+
+def ort_stage(name: str, sess, ids: np.ndarray, mask: np.ndarray) -> Stage:
+    """An ONNX Runtime forward (inputs ``input_ids``/``attention_mask`` int64, output ``logits``)."""
+    feeds = [i.name for i in sess.get_inputs()]
+    extra = {f for f in feeds if f not in ("input_ids", "attention_mask")}
+    out_name = next((o.name for o in sess.get_outputs() if o.name == "logits"), sess.get_outputs()[0].name)
+
+    def fn(rows: np.ndarray) -> np.ndarray:
+        x = {"input_ids": ids[rows], "attention_mask": mask[rows]}
+        for f in extra:  # e.g. token_type_ids
+            x[f] = np.zeros_like(x["input_ids"])
+        return sess.run([out_name], {k: v for k, v in x.items() if k in feeds})[0].astype(np.float32)
+
+    return Stage(name, fn)
+
+
+def find_export(run_dir: Path, allow_export: bool = True) -> tuple[Path | None, dict | None, str | None]:
+    """Locate ``RUN_DIR/export`` (running ``export.onnx_export.export_run`` when it is absent).
+
+    Returns:
+        ``(export dir, manifest, None)`` or ``(None, None, reason)`` when no export can be had.
+    """
+    exp = run_dir / "export"
+    note = None
+    if not (exp / "manifest.json").is_file():
+        if not allow_export:
+            return None, None, f"no {exp}/manifest.json (run `distill export {run_dir}`)"
+        try:
+            from export.onnx_export import export_run
+        except ImportError as e:
+            return None, None, f"no export in {exp} and the export module is not available ({e})"
+        log.info("no export found: running export_run(%s)", run_dir)
+        try:
+            ok = export_run(run_dir)
+        except DistillError as e:
+            return None, None, f"export_run failed: {e}"
+        if not ok:
+            note = "export_run reported missed parity targets"
+        if not (exp / "manifest.json").is_file():
+            return None, None, f"export_run did not write {exp}/manifest.json"
+    return exp, json.loads((exp / "manifest.json").read_text()), note
+
+
+def onnx_model_path(exp: Path, manifest: dict, kind: str) -> Path | None:
+    """Path of the ``kind`` (fp32/int8/fp16) model listed in the export manifest, if the file exists."""
+    m = (manifest.get("models") or {}).get(kind)
+    if not m or not m.get("file"):
+        return None
+    p = Path(m["file"])
+    p = p if p.is_absolute() else exp / p
+    return p if p.is_file() else None
+
+
+def run_inference(run_dir: Path, report: dict, st: Settings, allow_export: bool = True) -> dict:
+    """Measure every variant of ``run_dir`` (see the module docstring).
+
+    Returns:
+        ``{"settings", "threads", "variants": [...], "ratios": {...}, "skipped": [...], "export": {...}}``;
+        latencies in ms, throughput in texts/s, sizes in MB (10^6 bytes of the files on disk).
+
+    Raises:
+        DistillError: the run's data, split or models cannot be loaded.
+    """
+    from distill.modeling import count_params, load_classifier, weights_size_mb
+    from distill.pipeline import load_run_data
+
+    ds, parts, cfg = load_run_data(run_dir)
+    test = parts["test"]
+    texts = [ds.texts[i] for i in test]
+    labels = [ds.labels[i] for i in test]
+    C, n = len(ds.label_names), len(test)
+    threads = torch.get_num_threads()
+    gpu = torch.cuda.is_available()
+    res: dict = {"settings": {**vars(st), "batch_sizes": list(st.batch_sizes)}, "test_texts": n,
+                 "run_max_length": cfg.max_length, "threads": {"torch_intra_op": threads, "ort_intra_op": threads,
+                                                                "ort_inter_op": 1},
+                 "variants": [], "skipped": []}
+    if cfg.max_length != st.seq_len:
+        res["note"] = (f"the run was trained with max_length {cfg.max_length}; the benchmark feeds {st.seq_len} "
+                       "tokens, so accuracies can differ slightly from report.json")
+
+    # ---- student (PyTorch fp32) and its ONNX exports
+    student, stok, _ = load_classifier(run_dir / "student")
+    s_ids, s_mask = encode(stok, texts, st.seq_len)
+    s_mb = weights_size_mb(run_dir / "student")
+    s_params = count_params(student)
+    specs = [VariantSpec("student", [torch_stage("student", student, s_ids, s_mask, "cpu")],
+                         {"label": "student PyTorch fp32", "framework": "pytorch", "precision": "fp32",
+                          "device": "cpu", "size_mb": s_mb, "params": s_params,
+                          "size_files": "student/*.safetensors"})]
+    exp, manifest, note = find_export(run_dir, allow_export)
+    if exp is None:
+        res["skipped"].append({"variant": "onnx", "reason": note})
+    else:
+        res["export"] = {"dir": str(exp), "note": note, "tokenizer_check": _tokenizer_check(exp, texts, s_ids, st.seq_len)}
+        for kind in ("fp32", "int8"):
+            p = onnx_model_path(exp, manifest, kind)
+            if p is None:
+                res["skipped"].append({"variant": f"onnx_{kind}", "reason": f"not in {exp}/manifest.json"})
+                continue
+            mb = file_mb(p)
+            man_mb = manifest["models"][kind].get("mb")
+            meta = {"label": f"student ONNX {kind.upper() if kind == 'int8' else kind}", "framework": "onnxruntime",
+                    "precision": kind, "device": "cpu", "provider": "CPUExecutionProvider", "size_mb": mb,
+                    "params": s_params, "size_files": str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p),
+                    "manifest_mb": man_mb}
+            if man_mb is not None and abs(float(man_mb) - mb) > 0.05:
+                meta["size_note"] = f"manifest says {man_mb} MB, the file has {mb:.2f} MB (the file's size is used)"
+            specs.append(VariantSpec(f"onnx_{kind}", [ort_stage(f"onnx_{kind}", ort_session(p, threads), s_ids, s_mask)], meta))
+
+    # ---- teachers and the ensemble (PyTorch fp32)
+    teachers, tinputs, tstages, tmeta, t_mb = [], [], [], {}, 0.0
+    for i, tr in enumerate(report["teachers"]):
+        folder = run_dir / "teachers" / f"teacher_{i}"
+        model, tok, _ = load_classifier(folder)
+        ids, mask = encode(tok, texts, st.seq_len)
+        teachers.append(model)
+        tinputs.append((ids, mask))
+        mb = weights_size_mb(folder)
+        t_mb += mb
+        tstages.append(torch_stage(f"teacher_{i}", model, ids, mask, "cpu"))
+        tmeta[f"teacher_{i}"] = {"label": f"teacher {i} {Path(tr['name']).name} PyTorch fp32", "framework": "pytorch",
+                                 "precision": "fp32", "device": "cpu", "size_mb": mb, "params": count_params(model),
+                                 "size_files": f"teachers/teacher_{i}/*.safetensors", "timed_inside": "ensemble"}
+    specs.append(VariantSpec("ensemble", tstages, {
+        "label": "teacher ensemble PyTorch fp32", "framework": "pytorch", "precision": "fp32", "device": "cpu",
+        "size_mb": t_mb, "params": report["ensemble"]["params"], "size_files": "teachers/teacher_*/*.safetensors",
+        "combine": "mean of the teachers' softmax probabilities"}, _ensemble_combine, tmeta))
+
+    # ---- GPU variants
+    if gpu:
+        specs += _gpu_specs(student, teachers, tinputs, report, s_ids, s_mask, exp, manifest, res, s_mb, t_mb,
+                            s_params)
+
+    for spec in specs:
+        try:
+            res["variants"].extend(measure(spec, n, labels, C, st))
+        except Exception as e:  # a variant that fails is recorded, the others still run
+            if isinstance(e, DistillError):
+                raise
+            log.warning("variant %s failed: %s", spec.name, e)
+            res["skipped"].append({"variant": spec.name, "reason": f"{type(e).__name__}: {e}"})
+    res["ratios"] = ratios(res["variants"])
+    return res
+
+
+def _gpu_specs(student, teachers, tinputs, report, s_ids, s_mask, exp, manifest, res, s_mb, t_mb,
+               s_params) -> list[VariantSpec]:
+    """CUDA variants: PyTorch student/ensemble fp32 on CUDA; ONNX fp32/fp16 on the CUDA provider."""
+    import copy
+
+    import onnxruntime as ort
+
+    specs = []
+    dev = "cuda"
+    s_gpu = copy.deepcopy(student).to(dev).eval()
+    specs.append(VariantSpec("student_cuda", [torch_stage("student_cuda", s_gpu, s_ids, s_mask, dev)],
+                             {"label": "student PyTorch fp32 CUDA", "framework": "pytorch", "precision": "fp32",
+                              "device": dev, "size_mb": s_mb, "params": s_params}))
+    gstages = [torch_stage(f"teacher_{i}_cuda", copy.deepcopy(t).to(dev).eval(), ids, mask, dev)
+               for i, (t, (ids, mask)) in enumerate(zip(teachers, tinputs))]
+    specs.append(VariantSpec("ensemble_cuda", gstages, {
+        "label": "teacher ensemble PyTorch fp32 CUDA", "framework": "pytorch", "precision": "fp32", "device": dev,
+        "size_mb": t_mb, "params": report["ensemble"]["params"]}, _ensemble_combine))
+    if exp is None:
+        return specs
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        res["skipped"].append({"variant": "onnx_cuda", "reason": "onnxruntime has no CUDAExecutionProvider "
+                                                                 "(install onnxruntime-gpu)"})
+        return specs
+    for kind in ("fp32", "fp16"):
+        p = onnx_model_path(exp, manifest, kind)
+        if p is None:
+            res["skipped"].append({"variant": f"onnx_{kind}_cuda", "reason": f"no {kind} model in the export"
+                                   + (" (run `distill export --fp16`)" if kind == "fp16" else "")})
+            continue
+        sess = ort_session(p, torch.get_num_threads(), "CUDAExecutionProvider")
+        specs.append(VariantSpec(f"onnx_{kind}_cuda", [ort_stage(f"onnx_{kind}_cuda", sess, s_ids, s_mask)], {
+            "label": f"student ONNX {kind} CUDA", "framework": "onnxruntime", "precision": kind, "device": dev,
+            "provider": "CUDAExecutionProvider", "size_mb": file_mb(p), "params": s_params}))
+    return specs
+
+
+def _tokenizer_check(exp: Path, texts: list[str], s_ids: np.ndarray, seq_len: int) -> dict:
+    """Compare the export's ``tokenizer.json`` with the student tokenizer on the test texts."""
+    p = exp / "tokenizer.json"
+    if not p.is_file():
+        return {"checked": False, "reason": "no tokenizer.json in the export"}
+    try:
+        from tokenizers import Tokenizer
+
+        tk = Tokenizer.from_file(str(p))
+        tk.enable_truncation(seq_len)
+        tk.no_padding()
+        same = 0
+        for t, row in zip(texts, s_ids):
+            ids = tk.encode(t).ids
+            same += ids == [int(x) for x in row[:len(ids)]]
+        return {"checked": True, "texts": len(texts), "identical_ids": same}
+    except Exception as e:  # pragma: no cover - informative only
+        return {"checked": False, "reason": str(e)}
+
+
+def ratios(variants: list[dict]) -> dict:
+    """Per variant, ratios against the CPU ensemble and the CPU fp32 student measured in the same run.
+
+    ``speedup_p50[B]`` = reference p50 latency / variant p50 latency at batch B (also the
+    throughput ratio); ``size_x_smaller`` = reference MB / variant MB; ``*_delta_pp`` = variant
+    minus reference, in percentage points.
+    """
+    by = {v["name"]: v for v in variants}
+    out = {}
+    for v in variants:
+        r = {}
+        for ref_name, key in (("ensemble", "vs_ensemble"), ("student", "vs_student_fp32")):
+            ref = by.get(ref_name)
+            if ref is None:
+                continue
+            r[key] = {
+                "speedup_p50": {B: ref["latency"][B]["p50_ms"] / v["latency"][B]["p50_ms"]
+                                for B in v["latency"] if B in ref["latency"]},
+                "size_x_smaller": ref["size_mb"] / v["size_mb"] if v.get("size_mb") else None,
+                "accuracy_delta_pp": v["test"]["accuracy"] - ref["test"]["accuracy"],
+                "macro_f1_delta_pp": v["test"]["macro_f1"] - ref["test"]["macro_f1"],
+            }
+        out[v["name"]] = r
+    return out

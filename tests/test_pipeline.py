@@ -1,0 +1,178 @@
+"""The whole `distill run` on tiny models: run folder, report, resume, teacher reuse and error messages."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from distill.cli import app
+from conftest import tiny_run_args
+
+runner = CliRunner()
+
+
+def test_run_folder_contents(tiny_run):
+    for f in ("config.json", "split.json", "labels.json", "report.json", "report.md", "state.json", "log.txt",
+              "student/model.safetensors", "student/head.safetensors", "student/classifier.json",
+              "student/tokenizer.json", "teachers/teacher_0/model.safetensors", "teachers/teacher_1/head.safetensors"):
+        assert (tiny_run / f).is_file(), f
+    assert not list(tiny_run.rglob("*.tmp")) and not list(tiny_run.rglob(".*.tmp-*"))
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert split["sizes"] == {"train": 84, "dev": 12, "test": 24}
+    assert len(split["ids"]["test"]) == 24 and split["seed"] == 13
+    r = json.loads((tiny_run / "report.json").read_text())
+    assert [t["token_level_hidden_loss"] for t in r["teachers"]] == [True, False]  # MPNet tokenizer differs
+    assert r["teachers"][0]["layer_map"] == [2, 4] and r["teachers"][1]["layer_map"] == [1, 2]
+    for key in ("accuracy", "macro_f1"):
+        assert 0 <= r["ensemble"]["test"][key] <= 100
+        assert key in r["strategies"]["mtbert"]["test"] and key in r["strategies"]["nokd"]["test"]
+    assert r["compression"]["ensemble_over_student"] > 1
+    assert r["student"]["params"] < r["ensemble"]["params"]
+    assert r["student"]["file_mb"] > 0 and all(t["file_mb"] > 0 for t in r["teachers"])
+    assert r["times_s"]["teachers_finetune"] > 0 and r["strategies"]["mtbert"]["epoch_seconds"]["mean"] > 0
+    assert r["cache"]["mode"] == "cache"
+    md = (tiny_run / "report.md").read_text()
+    for needle in ("macro-F1", "Compression", "Ensemble / student parameters", "times smaller", "Wall time",
+                   "epoch", "MB", "teacher ensemble", "student: nokd"):
+        assert needle in md, needle
+
+
+def test_student_loads_with_transformers_and_predicts(tiny_run):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from distill.modeling import load_classifier
+
+    enc = AutoModel.from_pretrained(str(tiny_run / "student"))
+    assert enc.config.num_hidden_layers == 2  # half of the 4-layer BERT teacher
+    model, tok, meta = load_classifier(tiny_run / "student")
+    assert meta["label_names"] == ["business", "politics", "sport", "tech"]
+    batch = AutoTokenizer.from_pretrained(str(tiny_run / "student"))(["market shares profit"], return_tensors="pt")
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"]).logits
+    assert logits.shape == (1, 4)
+
+
+def test_repeats_and_teacher_reuse(tmp_path, tiny_teachers, tiny_csv, tiny_run):
+    # same teachers/data/split/settings as tiny_run -> the finetuned teachers are reused from the store
+    store = tiny_run.parent / ".teacher-store"
+    res = runner.invoke(app, tiny_run_args(tmp_path / "r2", tiny_teachers, tiny_csv, repeats=2, baselines="hinton,avg",
+                                           teacher_store=store))
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert r["teacher_training"]["reused"] is True and r["cache"]["reused"] is True
+    s = r["strategies"]["mtbert"]["test"]["macro_f1"]
+    assert len(s["values"]) == 2 and s["std"] >= 0
+    assert set(r["strategies"]) == {"mtbert", "hinton", "avg"}
+    assert "±" in (tmp_path / "r2" / "report.md").read_text()
+
+
+class Killed(RuntimeError):
+    pass
+
+
+def test_resume_after_kill(tmp_path, tiny_teachers, tiny_csv, monkeypatch):
+    import distill.pipeline as pl
+
+    real = pl.save_checkpoint
+    calls = {"n": 0}
+
+    def killing_checkpoint(path, state):
+        real(path, state)
+        if "students" in str(path) or "checkpoints" in str(path):
+            calls["n"] += 1
+            raise Killed("simulated kill after the first student epoch")
+
+    monkeypatch.setattr(pl, "save_checkpoint", killing_checkpoint)
+    out = tmp_path / "run"
+    args = tiny_run_args(out, tiny_teachers, tiny_csv, teacher_store=tmp_path / "store")
+    with pytest.raises(Killed):
+        runner.invoke(app, args, catch_exceptions=False)
+    assert calls["n"] == 1
+    assert (out / "checkpoints" / "mtbert-seed13.ckpt").is_file()
+    assert not (out / "report.json").exists() and not (out / "student").exists()
+    monkeypatch.setattr(pl, "save_checkpoint", real)
+    res = runner.invoke(app, args)  # no --resume: refuses to clobber
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = runner.invoke(app, args + ["--resume"])
+    assert res.exit_code == 0, res.output
+    log = (out / "log.txt").read_text()
+    assert "resuming student/mtbert/seed13 after epoch 1" in log and "reusing finetuned teachers" in log
+    r = json.loads((out / "report.json").read_text())
+    assert len(r["runs"]["mtbert"][0]["epochs"]) == 2
+    assert not (out / "checkpoints" / "mtbert-seed13.ckpt").exists()
+
+
+def test_online_teachers_when_cache_too_large(tmp_path, tiny_teachers, tiny_csv):
+    res = runner.invoke(app, tiny_run_args(tmp_path / "r", tiny_teachers, tiny_csv, cache_max_mb=0.001,
+                                           teacher_store=tmp_path / "store"))
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert r["cache"]["mode"] == "online" and r["strategies"]["mtbert"]["teacher_signal"] == "online"
+
+
+def test_cached_and_online_teacher_signals_match(tiny_run):
+    """The cache returns what the teachers would compute at the step (fp16 token states, fp32 logits)."""
+    import torch
+
+    from distill.config import RunConfig
+    from distill.modeling import load_classifier
+    from distill.pipeline import prepare
+    from distill.train import TeacherProvider, Tokenized, teacher_outputs
+
+    cfg = RunConfig.from_dict(json.loads((tiny_run / "config.json").read_text()))
+    P = prepare(cfg)
+    teachers = [load_classifier(tiny_run / "teachers" / f"teacher_{i}")[0] for i in range(2)]
+    toks = [Tokenized(t, P.ds.texts, cfg.max_length) for t in P.teacher_toks]
+    rows = P.split.train
+    cached = [teacher_outputs(t, tk, rows, lm, tl, "cpu", 16, "fp32", "x")
+              for t, tk, lm, tl in zip(teachers, toks, P.layer_maps, P.token_level)]
+    a = TeacherProvider(rows, cached=cached, token_level=P.token_level, needs_hidden=True)
+    b = TeacherProvider(rows, teachers=teachers, toks=toks, layer_maps=P.layer_maps, token_level=P.token_level,
+                        needs_hidden=True)
+    batch = rows[:5]
+    L = max(len(toks[0].ids[r]) for r in batch)
+    sa, sb = a(batch, L), b(batch, L)
+    assert torch.allclose(sa.logits, sb.logits, atol=1e-5)
+    m = torch.tensor([[1.0 if k < len(toks[0].ids[r]) else 0.0 for k in range(L)] for r in batch]).unsqueeze(-1)
+    assert torch.allclose(sa.layers[0][0] * m, sb.layers[0][0] * m, atol=1e-2)
+    assert torch.allclose(sa.layers[1][1], sb.layers[1][1], atol=1e-5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--teacher", "no-such-org/no-such-model"], "teacher 'no-such-org/no-such-model' was not found"),
+    (["--student-layers", "9"], "deeper than the teacher it is cut from"),
+    (["--text-col", "headline"], "unknown column 'headline'"),
+    (["--strategy", "magic"], "unknown strategy 'magic'"),
+])
+def test_clear_errors_before_long_work(tmp_path, tiny_teachers, tiny_csv, extra, message):
+    args = tiny_run_args(tmp_path / "r", tiny_teachers, tiny_csv) + extra
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2
+    assert message in " ".join(res.output.split()), res.output
+    assert not (tmp_path / "r" / "teachers").exists()
+
+
+def test_unwritable_output_folder(tmp_path, tiny_teachers, tiny_csv):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    res = runner.invoke(app, tiny_run_args(blocker / "run", tiny_teachers, tiny_csv))
+    assert res.exit_code == 2 and "not writable" in res.output
+
+
+def test_rare_label_error(tmp_path, tiny_teachers):
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\n" + "".join(f"market profit {i},biz\n" for i in range(10)) + "goal team,sport\n")
+    res = runner.invoke(app, ["run", "--out", str(tmp_path / "r"), "--data", str(p), "--teacher", str(tiny_teachers[0])])
+    assert res.exit_code == 2 and "'sport' (1 rows)" in " ".join(res.output.split())
+
+
+def test_help_explains_options():
+    res = runner.invoke(app, ["run", "--help"])
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    for flag in ("--teacher", "--data", "--text-col", "--strategy", "--baselines", "--repeats", "--resume",
+                 "--device", "--temperature", "--w-hid", "--train-cap", "--max-length", "--student-layers"):
+        assert flag in text, flag
