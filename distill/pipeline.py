@@ -56,8 +56,10 @@ def setup_logging(run_dir: Path | None = None, verbose: bool = False) -> None:
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root.addHandler(fh)
     root.propagate = False
-    for noisy in ("transformers", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def resolve_device(name: str) -> str:

@@ -104,6 +104,22 @@ def progress(iterable, desc: str, total: int | None = None):
                 mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
 
+def grad_scaler(device: str, precision: str):
+    """A ``torch.amp.GradScaler`` for fp16 autocast on CUDA (loss scaling); disabled otherwise."""
+    return torch.amp.GradScaler("cuda", enabled=device.startswith("cuda") and precision == "fp16")
+
+
+def optimizer_step(loss, opt, sched, scaler, params) -> None:
+    """Backward, clip the gradient norm at 1.0, step the optimizer and the schedule (with loss scaling)."""
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+
+
 def make_optimizer(groups: list[tuple[list, float]], weight_decay: float, total_steps: int, warmup: float):
     """AdamW over parameter groups ``(params, lr)`` with linear warm-up and decay (transformers' schedule)."""
     from transformers import get_linear_schedule_with_warmup
@@ -206,6 +222,7 @@ def cofinetune(teachers: list[EncoderClassifier], toks: list[Tokenized], labels:
     steps_per_epoch = math.ceil(len(train_rows) / batch_size)
     opt, sched = make_optimizer([(enc_params, lr), (head_params, head_lr)], weight_decay,
                                 steps_per_epoch * epochs, warmup)
+    scaler = grad_scaler(device, precision)
     logs: list[EpochLog] = []
     start = 0
     if resume_state is not None:
@@ -231,11 +248,7 @@ def cofinetune(teachers: list[EncoderClassifier], toks: list[Tokenized], labels:
                 for t, tk in zip(teachers, toks):
                     ids, mask = tk.batch(rows, device)
                     loss = loss + nn.functional.cross_entropy(t(ids, mask).logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(enc_params + head_params, 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(loss, opt, sched, scaler, enc_params + head_params)
             tot += loss.item()
             nb += 1
         dt = time.perf_counter() - t0
@@ -361,6 +374,7 @@ def train_student(student: EncoderClassifier, strategy: DistillStrategy, tok: To
     steps_per_epoch = math.ceil(len(train_rows) / batch_size)
     total_steps = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
     opt, sched = make_optimizer([(enc, lr), (head, head_lr)], weight_decay, total_steps, warmup)
+    scaler = grad_scaler(device, precision)
     logs, start = [], 0
     if resume_state is not None:
         student.load_state_dict(resume_state["student"])
@@ -387,11 +401,7 @@ def train_student(student: EncoderClassifier, strategy: DistillStrategy, tok: To
                 ssig = StudentSignals(out.logits.float(),
                                       list(out.hidden_states[1:]) if need_layers else None, mask)
                 losses = strategy(ssig, tsig, y)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(enc + head, 1.0)
-            opt.step()
-            sched.step()
+            optimizer_step(losses["loss"], opt, sched, scaler, enc + head)
             tot += losses["loss"].item()
             nb += 1
             seen += len(rows)
