@@ -32,6 +32,11 @@ Settings (environment variables, read when the module is imported; defaults in b
     ``int8`` | ``fp32`` | ``fp16`` (fp16 needs the CUDA execution provider).
 ``DISTILL_INTRA_OP_THREADS`` [CPU cores / workers]
     ONNX Runtime intra-op threads per worker.
+``DISTILL_ORT_SPINNING`` [0]
+    1 lets ONNX Runtime's intra-op threads spin-wait between ops (lowest latency on an idle,
+    dedicated machine); 0 (default) makes them sleep, so they do not steal the cores that the
+    event loop, the tokenizer and other workers need (measured on 2 loaded cores: a batch of 16
+    took 75 ms with 2 spinning threads, 36 ms without).
 ``DISTILL_WORKERS`` [1]
     BentoML worker processes. Each loads its own session; keep workers x threads <= cores.
 ``DISTILL_MAX_BATCH_SIZE`` [32]
@@ -114,7 +119,9 @@ def cap_batcher_wait(max_wait_ms: float) -> bool:
     5 s). During a burst the queueing time is the time spent behind the busy model (tens of ms), so
     ``wait`` grows to that; afterwards every lone request is held ~0.95 x ``wait`` before it runs,
     and that hold is itself logged as its queueing time, so ``wait`` feeds itself and decays only
-    ~5 % per refresh: single requests stayed at 30-44 ms instead of ~7 ms for minutes.
+    ~5 % per refresh: single requests stayed at 30-44 ms instead of ~7 ms for minutes (measured
+    again with ``benchmarks/serve_latency.py``: single p50 12.6 ms before a 16-client burst, 68 ms
+    after; with the cap 11.3 ms before, 5.8 ms after, on 2 busy CPU cores).
     ``max_latency_ms`` does not bound this hold (it only sheds requests with 503).
 
     The fix clamps ``optimizer.wait`` after every refresh. With 0 (the default) the batcher is
@@ -302,6 +309,7 @@ class TextClassifierRuntime:
         model: ``int8`` (default) | ``fp32`` | ``fp16``.
         threads: ONNX Runtime intra-op threads (default :func:`default_threads`).
         verify: check the model file's sha256 against the manifest.
+        spinning: let ORT's intra-op threads spin-wait (see ``DISTILL_ORT_SPINNING``).
 
     Raises:
         FileNotFoundError: missing manifest, model or tokenizer file.
@@ -309,7 +317,7 @@ class TextClassifierRuntime:
     """
 
     def __init__(self, export_dir: str | Path, model: str = "int8", threads: int | None = None,
-                 verify: bool = True):
+                 verify: bool = True, spinning: bool = False):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -357,6 +365,8 @@ class TextClassifierRuntime:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        self.spinning = spinning
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -412,6 +422,7 @@ class NewsClassifier:
             model=os.environ.get("DISTILL_MODEL", "int8").strip().lower() or "int8",
             threads=_env_num("DISTILL_INTRA_OP_THREADS", 0, 0) or None,
             verify=os.environ.get("DISTILL_VERIFY_SHA256", "1").strip() not in ("0", "false", "no"),
+            spinning=os.environ.get("DISTILL_ORT_SPINNING", "0").strip() in ("1", "true", "yes"),
         )
         self._lock = threading.Lock()
         self._stats = {"texts": 0, "model_calls": 0, "max_batch_size": 0,
@@ -477,6 +488,7 @@ class NewsClassifier:
             "parity": m.get("parity", {}),
             "providers": self.rt.providers,
             "intra_op_threads": self.rt.threads,
+            "ort_spinning": self.rt.spinning,
             "workers": WORKERS,
             "limits": {"max_texts": MAX_TEXTS, "max_text_chars": MAX_TEXT_CHARS,
                        "max_body_bytes": MAX_BODY_BYTES},
