@@ -75,7 +75,8 @@ def run(
     trust_remote_code: bool = typer.Option(False, help="Allow model repos' custom code (off by default)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last finished phase/epoch."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
-    export: bool = typer.Option(False, "--export", help="Export the student to ONNX (fp32 + INT8) after training."),
+    export: bool = typer.Option(False, "--export", help="Export the student to ONNX (fp32 + INT8) after training (see `distill export`)."),
+    allow_drift: bool = typer.Option(False, help="With --export: exit 0 even when an ONNX parity target is missed."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Co-finetune the teachers, distill a student, evaluate everything and write the run folder."""
@@ -97,13 +98,17 @@ def run(
         teacher_store=str(teacher_store) if teacher_store else None)
     try:
         run_dir = run_job(cfg, resume=resume, overwrite=overwrite, verbose=verbose)
+        ok = True
         if export:
             from export.onnx_export import export_run
 
-            export_run(run_dir)
+            ok = export_run(run_dir)
     except DistillError as e:
         _fail(e)
     typer.echo(f"done: {run_dir / 'report.md'}")
+    if not ok and not allow_drift:
+        typer.secho("export parity targets missed (see above); pass --allow-drift to accept", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
 
 
 @app.command("export")

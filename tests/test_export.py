@@ -333,7 +333,7 @@ def test_run_with_export_flag(tmp_path, tiny_teachers, tiny_csv, monkeypatch):
 
     _fast_latency(monkeypatch)
     out = tmp_path / "run"
-    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="") + ["--export", "--student-epochs", "1",
+    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="") + ["--export", "--allow-drift", "--student-epochs", "1",
                                                                          "--teacher-epochs", "1"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
