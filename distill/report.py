@@ -93,7 +93,7 @@ def render_markdown(r: dict) -> str:
     L.append("")
     ca = r["cache"]
     L.append(f"Teacher-output cache: {ca['mode']} (estimated {ca['estimated_mb']:.1f} MB for the training split, "
-             f"limit {ca['limit_mb']:.0f} MB; file with dev/test logits {ca['file_mb']:.1f} MB"
+             f"limit {ca['limit_mb']:.0f} MB; cache file incl. dev/test logits {ca['file_mb']:.1f} MB"
              f"{', reused' if ca.get('reused') else ''}).\n")
     sy = r["system"]
     L.append("## System\n")

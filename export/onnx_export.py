@@ -793,7 +793,7 @@ def _print_summary(m: dict, out: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    con = Console()
+    con = Console(width=max(120, Console().width))
     p, s, lat = m["parity"], m["sizes_mb"], m.get("latency_ms") or {}
     t = Table(title=f"ONNX export {m['export_id']} -> {out}", show_header=True)
     for c in ("model", "MB", "max |dlogit|", "agree %", "acc", "macro-F1", "ms b1", "ms b32"):
