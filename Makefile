@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench lint clean
+.PHONY: install run test test-fast export serve bench ag-news clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,6 +26,12 @@ serve: install
 
 bench: install
 	$(BIN)/distill bench $(RUN)
+
+# The MT-BERT acceptance experiment: AG News, training part capped at 3,000, max length 64,
+# 3 student seeds over one set of co-finetuned teachers, against the no-KD student.
+ag-news: install
+	$(BIN)/distill run --data ../shared/data/ag_news/test.csv --train-cap 3000 --max-length 64 \
+		--repeats 3 --baselines nokd --student-epochs 4 --out runs/ag $(if $(wildcard runs/ag/state.json),--resume,)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
