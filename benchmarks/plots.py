@@ -19,16 +19,19 @@ def _color(name: str) -> str:
 
 
 def _scatter(variants, x_of, xlabel, title, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for v in variants:
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    markers = "osD^v<>PX*h"
+    for k, v in enumerate(variants):
         x = x_of(v)
         if x is None:
             continue
         y = v["test"]["accuracy"]
-        ax.scatter([x], [y], s=60, color=_color(v["name"]), zorder=3)
-        ax.annotate(v["label"], (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        # points often share an accuracy (same student, other runtime): distinct markers + a legend
+        ax.scatter([x], [y], s=60, color=_color(v["name"]), marker=markers[k % len(markers)], zorder=3,
+                   label=v["label"], alpha=0.85)
     ax.set_xscale("log")
-    ax.margins(x=0.35, y=0.1)
+    ax.margins(x=0.15, y=0.1)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
