@@ -71,7 +71,7 @@ def setup(run_dir: Path, report: dict) -> TrainContext:
     from distill.config import RunConfig
     from distill.modeling import load_classifier
     from distill.pipeline import prepare, resolve_device
-    from distill.strategies import StrategyConfig, StudentSpec, TeacherSpec, build_strategy
+    from distill.strategies import StudentSpec, TeacherSpec, build_strategy
     from distill.train import Tokenized, resolve_precision
 
     t0 = time.perf_counter()
@@ -94,8 +94,7 @@ def setup(run_dir: Path, report: dict) -> TrainContext:
     toks = [Tokenized(t, P.ds.texts, cfg.max_length) for t in P.teacher_toks]
     stok = next((toks[i] for i, t in enumerate(P.teacher_toks) if t is P.student_tok), None) \
         or Tokenized(P.student_tok, P.ds.texts, cfg.max_length)
-    scfg = StrategyConfig(cfg.temperature, cfg.w_hid, cfg.w_kd, cfg.w_task, cfg.loss_weighting, cfg.alpha,
-                          cfg.kd_temperature, cfg.kd_teacher)
+    scfg = cfg.strategy_config()
     tspecs = [TeacherSpec(n, c.hidden_size, c.num_hidden_layers, lm, tl)
               for n, c, lm, tl in zip(cfg.teachers, P.teacher_cfgs, P.layer_maps, P.token_level)]
     sspec = StudentSpec(P.student_source["hidden_size"], P.K)

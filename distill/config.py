@@ -70,6 +70,14 @@ class RunConfig:
     out: str = "runs/default"
     teacher_store: str | None = None
 
+    def strategy_config(self):
+        """The loss settings as a :class:`distill.strategies.StrategyConfig` (same field names)."""
+        from .strategies import StrategyConfig
+
+        return StrategyConfig(temperature=self.temperature, w_hid=self.w_hid, w_kd=self.w_kd, w_task=self.w_task,
+                              loss_weighting=self.loss_weighting, alpha=self.alpha,
+                              kd_temperature=self.kd_temperature, teacher_index=self.kd_teacher)
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -35,7 +35,7 @@ from .modeling import (ClassificationHead, EncoderClassifier, count_params, enco
                        load_classifier, load_encoder, save_classifier, weights_size_mb)
 from .runio import (RunState, atomic_dir, atomic_write_json, atomic_write_text, check_writable, fingerprint,
                     link_or_copy_tree, load_checkpoint, save_checkpoint)
-from .strategies import STRATEGIES, StrategyConfig, StudentSpec, TeacherSpec, build_strategy
+from .strategies import STRATEGIES, StudentSpec, TeacherSpec, build_strategy
 from .train import (TeacherProvider, Tokenized, classification_metrics, cofinetune, estimate_cache_mb,
                     predict_logits, resolve_precision, same_tokenization, softmax_np, teacher_outputs, train_student)
 
@@ -379,8 +379,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
         link_or_copy_tree(store / f"teacher_{i}", run_dir / "teachers" / f"teacher_{i}")
 
     strategies = [cfg.strategy] + [b for b in cfg.baselines if b != cfg.strategy]
-    scfg = StrategyConfig(cfg.temperature, cfg.w_hid, cfg.w_kd, cfg.w_task, cfg.loss_weighting, cfg.alpha,
-                          cfg.kd_temperature, cfg.kd_teacher)
+    scfg = cfg.strategy_config()
     tspecs = [TeacherSpec(n, c.hidden_size, c.num_hidden_layers, lm, tl)
               for n, c, lm, tl in zip(cfg.teachers, P.teacher_cfgs, P.layer_maps, P.token_level)]
     sspec = StudentSpec(P.student_source["hidden_size"], P.K)
