@@ -95,13 +95,13 @@ def batch_rows(k: int, B: int, n: int) -> np.ndarray:
 
 
 def _metrics(scores: np.ndarray, labels: list[int], C: int) -> dict:
-    from distill.train import classification_metrics
+    from distill.metrics import classification_metrics
 
     return classification_metrics(scores, labels, C)
 
 
 def _ensemble_combine(outs: list[np.ndarray]) -> np.ndarray:
-    from distill.train import softmax_np
+    from distill.metrics import softmax_np
 
     return np.mean([softmax_np(o) for o in outs], 0)
 

@@ -135,7 +135,7 @@ def _training(tr: dict, L: list[str]) -> None:
         return
     L.append(f"### Fresh step-capped measurement ({tr['steps']} steps, batch {tr['batch_size']}, max length "
              f"{tr['max_length']}, {tr['device']}, {tr['threads']} threads, seed {tr['seed']})\n")
-    L.append("Same student initialisation, batches and optimiser for every row (`distill.train.train_student` "
+    L.append("Same student initialisation, batches and optimiser for every row (`distill.trainer.fit` "
              "with `max_steps`); samples/s = samples / wall seconds of the whole call. Projected epoch = "
              f"{tr['train_examples']} training examples / samples/s.")
     ca = tr.get("cache") or {}

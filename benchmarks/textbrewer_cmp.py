@@ -72,7 +72,7 @@ class _TeacherView(nn.Module):
         self.model, self.i, self.device, self.precision = model, i, device, precision
 
     def forward(self, **batch):
-        from distill.train import autocast_ctx
+        from distill.device import autocast_ctx
 
         with autocast_ctx(self.device, self.precision):
             return self.model(batch[f"input_ids_{self.i}"], batch[f"attention_mask_{self.i}"]).logits.float()
@@ -86,7 +86,7 @@ class _StudentView(nn.Module):
         self.student, self.device, self.precision = student, device, precision
 
     def forward(self, input_ids, attention_mask, labels):
-        from distill.train import autocast_ctx
+        from distill.device import autocast_ctx
 
         with autocast_ctx(self.device, self.precision):
             logits = self.student(input_ids, attention_mask).logits.float()
@@ -133,7 +133,7 @@ def run_textbrewer(ctx, steps: int, seed: int) -> dict:
         return {"skipped": True, "reason": reason}
     from transformers import get_linear_schedule_with_warmup
 
-    from distill.pipeline import build_student
+    from distill.students import build_student
 
     from .training import evaluate
 
@@ -146,7 +146,8 @@ def run_textbrewer(ctx, steps: int, seed: int) -> dict:
     head = [p for n, p in student.named_parameters() if not n.startswith("encoder.")]
     opt = torch.optim.AdamW([{"params": enc, "lr": cfg.student_lr}, {"params": head, "lr": cfg.head_lr}],
                             weight_decay=cfg.weight_decay)
-    T, alpha = cfg.kd_temperature, cfg.alpha
+    avg = cfg.strategy_settings("avg")
+    T, alpha = avg.temperature, avg.alpha
     batches = _Batches(ctx, steps, seed)
     n_steps = len(batches)
     with tempfile.TemporaryDirectory(prefix="textbrewer-") as tmp:

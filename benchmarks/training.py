@@ -3,9 +3,9 @@ distillation throughput (samples/s) with and without the teacher-output cache, t
 floor (``nokd``), and the TextBrewer ``MultiTeacherDistiller`` comparison.
 
 Every measurement reuses the project code: :func:`distill.pipeline.prepare` and
-:func:`~distill.pipeline.build_student` (same student initialisation as the run),
-:func:`distill.train.train_student` with ``max_steps`` (the run's training loop, optimiser and
-schedule) and :class:`distill.train.TeacherProvider` in ``cache`` (teacher outputs read from the
+:func:`~distill.students.build_student` (same student initialisation as the run),
+:func:`distill.trainer.fit` with ``max_steps`` (the run's training loop, optimiser and
+schedule) and :class:`distill.cache.TeacherProvider` in ``cache`` (teacher outputs read from the
 run's teacher-output cache) or ``online`` mode (frozen teachers run at every step). All
 measurements use the same seed, so the same student initialisation and the same batches.
 """
@@ -52,13 +52,12 @@ class TrainContext:
     teachers: list
     toks: list
     stok: object
-    scfg: object
     tspecs: list
     sspec: object
     store: Path
     device: str
     precision: str
-    run_needs_hidden: bool
+    run_needs_layers: bool
     setup_s: float
 
 
@@ -70,9 +69,11 @@ def setup(run_dir: Path, report: dict) -> TrainContext:
     """
     from distill.config import RunConfig
     from distill.modeling import load_classifier
-    from distill.pipeline import prepare, resolve_device
-    from distill.strategies import StudentSpec, TeacherSpec, build_strategy
-    from distill.train import Tokenized, resolve_precision
+    from distill.device import resolve_device, resolve_precision
+    from distill.pipeline import prepare, student_tokenization
+    from distill.strategies import build_strategy
+    from distill.students import specs
+    from distill.tokens import Tokenized
 
     t0 = time.perf_counter()
     cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
@@ -92,22 +93,18 @@ def setup(run_dir: Path, report: dict) -> TrainContext:
         for p in t.parameters():
             p.requires_grad = False
     toks = [Tokenized(t, P.ds.texts, cfg.max_length) for t in P.teacher_toks]
-    stok = next((toks[i] for i, t in enumerate(P.teacher_toks) if t is P.student_tok), None) \
-        or Tokenized(P.student_tok, P.ds.texts, cfg.max_length)
-    scfg = cfg.strategy_config()
-    tspecs = [TeacherSpec(n, c.hidden_size, c.num_hidden_layers, lm, tl)
-              for n, c, lm, tl in zip(cfg.teachers, P.teacher_cfgs, P.layer_maps, P.token_level)]
-    sspec = StudentSpec(P.student_source["hidden_size"], P.K)
-    strategies = [cfg.strategy] + [b for b in cfg.baselines if b != cfg.strategy]
-    run_needs_hidden = any(build_strategy(s, scfg, tspecs, sspec).needs_hidden for s in strategies)
+    stok = student_tokenization(P, toks, cfg.max_length)
+    tspecs, sspec = specs(cfg, P, [t["dev"]["macro_f1"] for t in report.get("teachers", [])] or None)
+    run_needs_layers = any(build_strategy(s, cfg.strategy_settings(s), tspecs, sspec).needs.layers
+                           for s in cfg.strategies)
     store = Path(report.get("teacher_store") or (run_dir / "teachers"))
-    return TrainContext(cfg, P, teachers, toks, stok, scfg, tspecs, sspec, store, device, precision,
-                        run_needs_hidden, time.perf_counter() - t0)
+    return TrainContext(cfg, P, teachers, toks, stok, tspecs, sspec, store, device, precision,
+                        run_needs_layers, time.perf_counter() - t0)
 
 
 def cached_outputs(ctx: TrainContext) -> tuple[list[dict], dict]:
-    """The run's teacher-output cache (logits and, when the run's strategies need them, mapped-layer
-    states of the training split), via :func:`distill.pipeline.get_teacher_outputs`.
+    """The run's teacher-output cache (logits, pooled features and, when the run's strategies need
+    them, mapped-layer states of the training split), via :func:`distill.pipeline.teacher_outputs_phase`.
 
     The cache file in the run's teacher store is reused when present (``info["reused"]``);
     otherwise it is computed (one teacher pass over the training split; its time is ``load_s``).
@@ -115,37 +112,37 @@ def cached_outputs(ctx: TrainContext) -> tuple[list[dict], dict]:
     Returns:
         ``(per-teacher outputs, info)``; info has the cache mode, size (MB) and ``load_s`` (s).
     """
-    from distill.pipeline import get_teacher_outputs
+    from distill.pipeline import teacher_outputs_phase
 
     ctx.store.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    outs, info = get_teacher_outputs(ctx.cfg, ctx.P, ctx.teachers, ctx.toks, ctx.store, ctx.run_needs_hidden,
-                                     ctx.device, ctx.precision)
+    outs, info = teacher_outputs_phase(ctx.cfg, ctx.P, ctx.teachers, ctx.toks, ctx.store, ctx.run_needs_layers,
+                                       ctx.device, ctx.precision)
     return outs, dict(info, load_s=time.perf_counter() - t0)
 
 
-def cached_provider(ctx: TrainContext, outs: list[dict], needs_hidden: bool):
-    """A cache-mode :class:`~distill.train.TeacherProvider` over ``outs`` (None if they lack what is needed)."""
-    from distill.train import TeacherProvider
+def cached_provider(ctx: TrainContext, outs: list[dict], needs_layers: bool):
+    """A cache-mode :class:`~distill.cache.TeacherProvider` over ``outs`` (None if they lack what is needed)."""
+    from distill.cache import TeacherProvider
 
-    if any("logits" not in o for o in outs) or (needs_hidden and not all(o.get("layers") for o in outs)):
+    if any("logits" not in o for o in outs) or (needs_layers and not all(o.get("layers") for o in outs)):
         return None
-    return TeacherProvider(ctx.P.split.train, cached=outs, token_level=ctx.P.token_level, needs_hidden=needs_hidden,
+    return TeacherProvider(ctx.P.split.train, cached=outs, token_level=ctx.P.token_level, needs_layers=needs_layers,
                            device=ctx.device)
 
 
-def online_provider(ctx: TrainContext, needs_hidden: bool):
-    """An online-mode :class:`~distill.train.TeacherProvider` (teachers run at every step)."""
-    from distill.train import TeacherProvider
+def online_provider(ctx: TrainContext, needs_layers: bool):
+    """An online-mode :class:`~distill.cache.TeacherProvider` (teachers run at every step)."""
+    from distill.cache import TeacherProvider
 
     return TeacherProvider(ctx.P.split.train, teachers=ctx.teachers, toks=ctx.toks, layer_maps=ctx.P.layer_maps,
-                           token_level=ctx.P.token_level, needs_hidden=needs_hidden, device=ctx.device,
+                           token_level=ctx.P.token_level, needs_layers=needs_layers, device=ctx.device,
                            precision=ctx.precision)
 
 
 def evaluate(ctx: TrainContext, student) -> dict:
     """Test accuracy / macro-F1 (%) of a student on the run's test split (dynamic padding, run max length)."""
-    from distill.train import classification_metrics, predict_logits
+    from distill.metrics import classification_metrics, predict_logits
 
     rows = ctx.P.split.test
     logits = predict_logits(student, ctx.stok, rows, ctx.device, ctx.cfg.eval_batch_size, ctx.precision, "eval test")
@@ -154,30 +151,26 @@ def evaluate(ctx: TrainContext, student) -> dict:
 
 def measure_ours(ctx: TrainContext, strategy: str, provider, steps: int, seed: int, score: bool = False) -> dict:
     """Train a fresh student (the run's initialisation) for ``steps`` optimisation steps with
-    :func:`distill.train.train_student` and time it.
+    :func:`distill.students.train_student` (i.e. :func:`distill.trainer.fit`) and time it.
 
     Returns:
         ``samples_per_s`` (samples / wall seconds of the whole call, optimiser set-up included),
         ``loop_samples_per_s`` (the training loop's own figure), ``wall_s``, ``samples``, ``steps``,
         ``projected_epoch_s`` (training-split size / samples_per_s) and, with ``score``, ``test``.
     """
-    from distill.pipeline import build_student
     from distill.strategies import build_strategy
-    from distill.train import train_student
+    from distill.students import build_student, fit_settings, train_student
 
     cfg = ctx.cfg
     student = build_student(cfg, ctx.P, ctx.teachers, seed)
-    strat = build_strategy(strategy, ctx.scfg, ctx.tspecs, ctx.sspec)
+    strat = build_strategy(strategy, cfg.strategy_settings(strategy), ctx.tspecs, ctx.sspec)
     t0 = time.perf_counter()
-    logs = train_student(student, strat, ctx.stok, ctx.P.ds.labels, ctx.P.split.train,
-                         provider if strat.uses_teachers else None, epochs=max(cfg.student_epochs, 1),
-                         batch_size=cfg.student_batch_size, lr=cfg.student_lr, head_lr=cfg.head_lr,
-                         weight_decay=cfg.weight_decay, warmup=cfg.warmup, seed=seed, device=ctx.device,
-                         precision=ctx.precision, max_steps=steps)
+    logs = train_student(student, strat, ctx.stok, ctx.P.ds.labels, ctx.P.split.train, provider,
+                         fit_settings(cfg, seed, max_steps=steps), device=ctx.device, precision=ctx.precision).logs
     wall = time.perf_counter() - t0
     samples = int(round(sum(e.samples_per_s * e.seconds for e in logs)))
     loop_s = sum(e.seconds for e in logs)
-    out = {"strategy": strategy, "teacher_signal": provider.mode if (strat.uses_teachers and provider) else "none",
+    out = {"strategy": strategy, "teacher_signal": provider.mode if (strat.needs.teachers and provider) else "none",
            "steps": steps, "batch_size": cfg.student_batch_size, "samples": samples, "wall_s": wall,
            "samples_per_s": samples / wall, "loop_samples_per_s": samples / loop_s if loop_s else None,
            "projected_epoch_s": len(ctx.P.split.train) / (samples / wall), "final_loss": logs[-1].loss}

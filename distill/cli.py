@@ -52,20 +52,13 @@ def run(
     student_from: Optional[int] = typer.Option(None, help="Index of the teacher the student is cut from (and whose tokenizer it uses)."),
     student_layers: Optional[int] = typer.Option(None, "--student-layers", "-k", help="Student depth K (default half the source teacher's depth)."),
     student_head_init: str = typer.Option("shared", help="shared = start from the co-finetuned shared head when sizes match; random."),
-    strategy: str = typer.Option("mtbert", help="Distillation strategy: mtbert | avg | hinton | nokd."),
-    baselines: str = typer.Option("nokd", help="Comma-separated baseline strategies trained beside it ('' for none), e.g. nokd,hinton,avg."),
+    strategy: str = typer.Option("mtbert", help="Distillation strategy (`distill strategies` lists them): mtbert | camkd | ebkd | aekd | rl | avg | hinton | nokd."),
+    baselines: str = typer.Option("nokd", help="Comma-separated strategies trained beside it for comparison ('' for none), e.g. nokd,hinton,avg,camkd."),
     student_epochs: int = typer.Option(3, help="Student training epochs."),
     student_lr: float = typer.Option(1e-4, help="Student encoder learning rate (AdamW)."),
     student_batch_size: int = typer.Option(16, help="Student batch size."),
     repeats: int = typer.Option(1, help="Number of student seeds (seed, seed+1, ...); results as mean and std."),
-    temperature: float = typer.Option(1.0, help="MT-BERT soft-label temperature t (eq. 2)."),
-    w_hid: float = typer.Option(1.0, help="Weight of the hidden loss L_hid (eq. 1); 0 disables it."),
-    w_kd: float = typer.Option(1.0, help="Weight of the soft-label loss L_dis (eq. 2)."),
-    w_task: float = typer.Option(1.0, help="Weight of the task loss L_task (eq. 3)."),
-    loss_weighting: bool = typer.Option(True, help="MT-BERT eq. (2) per-teacher weights 1/(1+CE(y, y_i))."),
-    alpha: float = typer.Option(0.5, help="Hinton/avg baselines: weight of the KD term (task gets 1-alpha)."),
-    kd_temperature: float = typer.Option(2.0, help="Temperature of the Hinton/avg baselines."),
-    kd_teacher: Optional[int] = typer.Option(None, help="Teacher index for the hinton baseline (default best dev macro-F1)."),
+    set_: List[str] = typer.Option([], "--set", help="Strategy setting STRATEGY.FIELD=VALUE (repeatable), e.g. --set camkd.alpha=0.7 --set mtbert.w_hid=0.1; FIELD=VALUE sets it on every strategy of the run that has it. `distill strategies` lists them all."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch (default: all cores)."),
@@ -80,9 +73,14 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Co-finetune the teachers, distill a student, evaluate everything and write the run folder."""
-    from .config import RunConfig
+    from .config import RunConfig, parse_set_options
     from .pipeline import run as run_job
 
+    base_list = [b.strip() for b in baselines.split(",") if b.strip()]
+    try:
+        settings = parse_set_options(list(set_), [strategy] + base_list)
+    except DistillError as e:
+        _fail(e)
     cfg = RunConfig(
         data=data, data_format=data_format, text_cols=list(text_col), label_col=label_col, id_col=id_col, seed=seed,
         dev_frac=dev_frac, test_frac=test_frac, train_cap=train_cap, max_length=max_length, teachers=list(teacher),
@@ -90,10 +88,9 @@ def run(
         teacher_train_layers=teacher_train_layers, teacher_batch_size=teacher_batch_size, head_lr=head_lr,
         head_dim=head_dim, pooling=pooling, trust_remote_code=trust_remote_code, student=student,
         student_from=student_from, student_layers=student_layers, student_head_init=student_head_init,
-        strategy=strategy, baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+        strategy=strategy, baselines=base_list,
         student_epochs=student_epochs, student_lr=student_lr, student_batch_size=student_batch_size, repeats=repeats,
-        temperature=temperature, w_hid=w_hid, w_kd=w_kd, w_task=w_task, loss_weighting=loss_weighting, alpha=alpha,
-        kd_temperature=kd_temperature, kd_teacher=kd_teacher, device=device, precision=precision, threads=threads,
+        settings=settings, device=device, precision=precision, threads=threads,
         teacher_cache=teacher_cache, cache_max_mb=cache_max_mb, out=str(out),
         teacher_store=str(teacher_store) if teacher_store else None)
     try:
@@ -109,6 +106,33 @@ def run(
     if not ok and not allow_drift:
         typer.secho("export parity targets missed (see above); pass --allow-drift to accept", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+@app.command("strategies")
+def strategies_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List the registered distillation strategies with their settings (type, default, range) and papers."""
+    import json as _json
+
+    from .strategies import STRATEGIES, settings_table
+
+    if as_json:
+        typer.echo(_json.dumps({n: {"paper": c.paper, "doc": (c.__doc__ or "").strip().split("\n")[0],
+                                    "settings": settings_table(n)} for n, c in STRATEGIES.items()},
+                               indent=2, default=str))
+        return
+    for name, cls in STRATEGIES.items():
+        typer.secho(name, bold=True)
+        typer.echo(f"  {(cls.__doc__ or '').strip().splitlines()[0]}")
+        typer.echo(f"  paper: {cls.paper}")
+        rows = settings_table(name)
+        for r in rows:
+            rng = f" [{r['range']}]" if r["range"] else ""
+            typer.echo(f"  --set {name}.{r['name']}={r['default']!s:<6} {r['type']}{rng}: {r['description']}")
+        if not rows:
+            typer.echo("  (no settings)")
+        typer.echo("")
 
 
 @app.command("export")

@@ -49,15 +49,9 @@ class RunConfig:
     student_lr: float = 1e-4
     student_batch_size: int = 16
     repeats: int = 1
-    # losses
-    temperature: float = 1.0
-    w_hid: float = 1.0
-    w_kd: float = 1.0
-    w_task: float = 1.0
-    loss_weighting: bool = True
-    alpha: float = 0.5
-    kd_temperature: float = 2.0
-    kd_teacher: int | None = None
+    # per-strategy settings: {strategy: {field: value}} (``--set strategy.field=value``), validated
+    # against each strategy's own ``Settings`` declaration (see ``distill strategies``)
+    settings: dict = field(default_factory=dict)
     # optimisation / system
     weight_decay: float = 0.01
     warmup: float = 0.1
@@ -70,19 +64,32 @@ class RunConfig:
     out: str = "runs/default"
     teacher_store: str | None = None
 
-    def strategy_config(self):
-        """The loss settings as a :class:`distill.strategies.StrategyConfig` (same field names)."""
-        from .strategies import StrategyConfig
+    @property
+    def strategies(self) -> list[str]:
+        """The main strategy followed by the baselines (without repeats)."""
+        return [self.strategy] + [b for b in self.baselines if b != self.strategy]
 
-        return StrategyConfig(temperature=self.temperature, w_hid=self.w_hid, w_kd=self.w_kd, w_task=self.w_task,
-                              loss_weighting=self.loss_weighting, alpha=self.alpha,
-                              kd_temperature=self.kd_temperature, teacher_index=self.kd_teacher)
+    def strategy_settings(self, name: str):
+        """Strategy ``name``'s validated ``Settings`` (defaults updated by ``settings[name]``).
+
+        Raises:
+            DistillError: unknown strategy, unknown setting or a value out of range.
+        """
+        from .strategies import resolve_settings
+
+        return resolve_settings(name, self.settings.get(name))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        """Rebuild a config from ``config.json`` (older files' loss flags are moved into ``settings``).
+
+        Raises:
+            DistillError: unknown fields.
+        """
+        d = _migrate(dict(d))
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -97,15 +104,16 @@ class RunConfig:
             raise DistillError("--teacher: give at least one teacher (hub id or local folder).")
         if self.teacher_mode not in ("joint", "independent"):
             raise DistillError("--teacher-mode must be 'joint' (MT-BERT co-finetuning) or 'independent'.")
-        for name in [self.strategy] + list(self.baselines):
+        for name in self.strategies:
             if name not in STRATEGIES:
-                raise DistillError(f"unknown strategy {name!r} (--strategy/--baselines); choose from {sorted(STRATEGIES)}.")
+                raise DistillError(f"unknown strategy {name!r} (--strategy/--baselines); choose from {sorted(STRATEGIES)} "
+                                   "(see `distill strategies`).")
+        for name in self.settings:
+            self.strategy_settings(name)
         checks = [("max_length", self.max_length >= 8), ("teacher_epochs", self.teacher_epochs >= 0),
                   ("student_epochs", self.student_epochs >= 1), ("repeats", self.repeats >= 1),
                   ("teacher_batch_size", self.teacher_batch_size >= 1),
-                  ("student_batch_size", self.student_batch_size >= 1), ("temperature", self.temperature > 0),
-                  ("kd_temperature", self.kd_temperature > 0), ("alpha", 0 <= self.alpha <= 1),
-                  ("train_cap", self.train_cap is None or self.train_cap >= 2),
+                  ("student_batch_size", self.student_batch_size >= 1), ("train_cap", self.train_cap is None or self.train_cap >= 2),
                   ("student_layers", self.student_layers is None or self.student_layers >= 1)]
         for name, ok in checks:
             if not ok:
@@ -118,3 +126,57 @@ class RunConfig:
             raise DistillError("--student-head-init must be 'shared' or 'random'.")
         if self.student_from is not None and not 0 <= self.student_from < len(self.teachers):
             raise DistillError(f"--student-from {self.student_from}: out of range, there are {len(self.teachers)} teachers.")
+
+
+#: ``config.json`` fields of version 0.1 runs that are now strategy settings: old name -> [(strategy, field)].
+LEGACY_FIELDS = {
+    "temperature": [("mtbert", "temperature")], "w_hid": [("mtbert", "w_hid")], "w_kd": [("mtbert", "w_kd")],
+    "w_task": [("mtbert", "w_task")], "loss_weighting": [("mtbert", "loss_weighting")],
+    "alpha": [("hinton", "alpha"), ("avg", "alpha")],
+    "kd_temperature": [("hinton", "temperature"), ("avg", "temperature")], "kd_teacher": [("hinton", "teacher")],
+}
+
+
+def _migrate(d: dict) -> dict:
+    """Move version 0.1 loss fields of a saved config into ``settings`` (so old runs still resume)."""
+    settings = {k: dict(v) for k, v in (d.get("settings") or {}).items()}
+    for old, targets in LEGACY_FIELDS.items():
+        if old in d:
+            value = d.pop(old)
+            for strat, fname in targets:
+                settings.setdefault(strat, {}).setdefault(fname, value)
+    if settings:
+        d["settings"] = settings
+    return d
+
+
+def parse_set_options(items: list[str], strategies: list[str]) -> dict:
+    """``--set`` options -> ``{strategy: {field: value}}``.
+
+    ``strategy.field=value`` sets one strategy's setting; ``field=value`` (no dot) sets it on every
+    strategy of the run that declares ``field``. Values are JSON when they parse (numbers, true/false,
+    null), else strings.
+
+    Raises:
+        DistillError: a malformed item, or a bare ``field`` that no strategy of the run declares.
+    """
+    from .strategies import STRATEGIES, parse_value
+
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise DistillError(f"--set {item!r}: expected STRATEGY.FIELD=VALUE (e.g. camkd.alpha=0.7) or FIELD=VALUE.")
+        v = parse_value(value)
+        if "." in key:
+            strat, fname = key.split(".", 1)
+            out.setdefault(strat, {})[fname] = v
+            continue
+        owners = [s for s in strategies if s in STRATEGIES and key in STRATEGIES[s].Settings.model_fields]
+        if not owners:
+            raise DistillError(f"--set {item!r}: no strategy of this run ({', '.join(strategies)}) has a setting "
+                               f"{key!r}; use STRATEGY.FIELD=VALUE (see `distill strategies`).")
+        for strat in owners:
+            out.setdefault(strat, {})[key] = v
+    return out

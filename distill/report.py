@@ -1,6 +1,97 @@
-"""Render ``report.json`` as the readable ``report.md`` of a run folder."""
+"""The run report: assemble ``report.json`` from the phases' results and render it as ``report.md``."""
 
 from __future__ import annotations
+
+import platform
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+
+
+def mean_std(vals: list[float]) -> dict:
+    """``{"mean", "std" (sample std, 0 for one value), "values"}``."""
+    return {"mean": float(np.mean(vals)), "std": float(statistics.stdev(vals)) if len(vals) > 1 else 0.0,
+            "values": [float(v) for v in vals]}
+
+
+def _weights_over_seeds(rs: list[dict]) -> dict | None:
+    """Mean over seeds of the per-seed teacher-weight summaries (see ``students.teacher_weight_summary``)."""
+    ws = [r.get("teacher_weights") for r in rs if r.get("teacher_weights")]
+    if not ws:
+        return None
+    classes = [c for c in ws[0]["per_class"] if all(c in w["per_class"] for w in ws)]
+    return {"teachers": ws[0]["teachers"], "seeds": len(ws),
+            "mean": np.mean([w["mean"] for w in ws], 0).tolist(),
+            "dominant_share": np.mean([w["dominant_share"] for w in ws], 0).tolist(),
+            "per_class": {c: np.mean([w["per_class"][c] for w in ws], 0).tolist() for c in classes}}
+
+
+def _cpu_name() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return cpu
+
+
+def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teacher_rec, cache_info, times, device,
+                 precision, store) -> dict:
+    """Assemble ``report.json``: data and split, teachers, ensemble, every student strategy (mean ± std
+    over seeds of accuracy/macro-F1, epoch seconds, samples/s, final-epoch loss components, the
+    teacher-weight summary), the saved student, compression ratios, cache, wall times and system."""
+    import transformers
+
+    student_params = best["params"]
+    mean_teacher = float(np.mean([m["params"] for m in teacher_metrics]))
+    summary = {}
+    for strat, rs in results.items():
+        summary[strat] = {part: {m: mean_std([r[part][m] for r in rs]) for m in ("accuracy", "macro_f1")}
+                          for part in ("dev", "test")}
+        ep = [e for r in rs for e in r["epochs"]]
+        summary[strat]["epoch_seconds"] = mean_std([e["seconds"] for e in ep])
+        summary[strat]["samples_per_s"] = mean_std([e["samples_per_s"] for e in ep])
+        last = [r["epochs"][-1].get("components", {}) for r in rs if r["epochs"]]
+        summary[strat]["final_epoch_components"] = {k: float(np.mean([c[k] for c in last if k in c]))
+                                                    for k in (last[0] if last else {})}
+        summary[strat]["description"] = rs[0]["description"]
+        summary[strat]["paper"] = rs[0].get("paper", "")
+        summary[strat]["settings"] = rs[0].get("settings", {})
+        summary[strat]["teacher_signal"] = rs[0]["teacher_signal"]
+        summary[strat]["teacher_weights"] = _weights_over_seeds(rs)
+    return {
+        "version": __version__,
+        "config": cfg.to_dict(),
+        "data": {"source": P.ds.source, "rows": len(P.ds), "label_names": P.ds.label_names,
+                 "split": {"seed": cfg.seed, "sizes": P.split.sizes(), "fractions": P.split.fractions,
+                           "train_cap": cfg.train_cap}},
+        "teachers": teacher_metrics,
+        "teacher_training": teacher_rec,
+        "teacher_store": str(store),
+        "ensemble": {**ens, "params": ens_params, "file_mb": round(sum(m["file_mb"] for m in teacher_metrics), 2)},
+        "student": {"source": P.student_source, "layers": P.K, "params": student_params,
+                    "file_mb": best.get("file_mb"), "strategy": cfg.strategy, "seed": best["seed"],
+                    "dev": best["dev"], "test": best["test"],
+                    "tokenizer_rule": ("teachers whose tokenizer equals the student's: token-level hidden MSE; "
+                                       "others: MSE of masked-mean pooled states of the mapped layers")},
+        "compression": {"ensemble_over_student": ens_params / student_params,
+                        "mean_teacher_over_student": mean_teacher / student_params,
+                        "student_share_of_ensemble": student_params / ens_params},
+        "strategies": summary,
+        "runs": results,
+        "cache": cache_info,
+        "times_s": times,
+        "system": {"device": device, "precision": precision, "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+                   "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+                   "torch": torch.__version__, "transformers": transformers.__version__,
+                   "python": platform.python_version()},
+    }
 
 
 def _pm(d: dict, digits: int = 2) -> str:
@@ -74,6 +165,8 @@ def render_markdown(r: dict) -> str:
     L.append(f"- Tokenizer rule for the hidden loss: {st['tokenizer_rule']}.")
     L.append("")
 
+    L.extend(_teacher_weight_section(r))
+
     L.append("## Wall time (s)\n")
     L.append("| phase | seconds |")
     L.append("|---|---:|")
@@ -86,10 +179,11 @@ def render_markdown(r: dict) -> str:
         for ep in tt["epochs"]:
             L.append(f"| {ep['epoch']} | {ep['seconds']:.1f} | {ep['samples_per_s']:.1f} | {ep['loss']:.4f} |")
         L.append("")
-    L.append("| student strategy | epoch time (s) | samples/s |")
-    L.append("|---|---:|---:|")
+    L.append("| student strategy | epoch time (s) | samples/s | final-epoch loss components (mean over seeds) |")
+    L.append("|---|---:|---:|---|")
     for name, s in r["strategies"].items():
-        L.append(f"| {name} | {_pm(s['epoch_seconds'], 1)} | {_pm(s['samples_per_s'], 1)} |")
+        comps = ", ".join(f"{k} {v:.4f}" for k, v in (s.get("final_epoch_components") or {}).items())
+        L.append(f"| {name} | {_pm(s['epoch_seconds'], 1)} | {_pm(s['samples_per_s'], 1)} | {comps or '-'} |")
     L.append("")
     ca = r["cache"]
     L.append(f"Teacher-output cache: {ca['mode']} (estimated {ca['estimated_mb']:.1f} MB for the training split, "
@@ -111,3 +205,33 @@ def _student_src(src: dict) -> str:
     if src["kind"] == "config":
         return f"random init from {src['config']}"
     return f"checkpoint {src['model']}"
+
+
+def _teacher_weight_section(r: dict) -> list[str]:
+    """"Which teacher taught what": per strategy, each teacher's mean weight (or selection share)
+    overall and per gold class, and the share of training texts on which it dominated."""
+    rows = {name: s["teacher_weights"] for name, s in r["strategies"].items() if s.get("teacher_weights")}
+    if not rows:
+        return []
+    names = [t["name"].rstrip("/").split("/")[-1] for t in r["teachers"]]
+    L = ["## Which teacher taught what\n",
+         "Mean weight each strategy gave each teacher over all training steps (per-sample weights averaged per "
+         "training text, then over texts and seeds), and the share of training texts on which the teacher had the "
+         "largest weight. `mtbert` shows eq. (2)'s 1/(1+CE) weights normalised over the teachers; `rl` the share "
+         "of the KD signal its policy gave each teacher (selected teachers split a text's KD weight).\n"]
+    L.append("| strategy | " + " | ".join(f"mean weight {n}" for n in names) + " | "
+             + " | ".join(f"dominant on {n}" for n in names) + " |")
+    L.append("|---|" + "---:|" * (2 * len(names)))
+    for name, w in rows.items():
+        L.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in w["mean"]) + " | "
+                 + " | ".join(f"{100 * x:.1f}%" for x in w["dominant_share"]) + " |")
+    L.append("")
+    classes = list(next(iter(rows.values()))["per_class"])
+    L.append("Mean weight per gold class (" + " / ".join(names) + "):\n")
+    L.append("| strategy | " + " | ".join(classes) + " |")
+    L.append("|---|" + "---|" * len(classes))
+    for name, w in rows.items():
+        L.append(f"| {name} | " + " | ".join(" / ".join(f"{x:.2f}" for x in w["per_class"].get(c, []))
+                                            for c in classes) + " |")
+    L.append("")
+    return L

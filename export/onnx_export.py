@@ -312,7 +312,7 @@ def predict_onnx(session, batches, n: int) -> np.ndarray:
 
 
 def _compare(ref: np.ndarray, got: np.ndarray, labels: list[int], C: int) -> dict:
-    from distill.train import classification_metrics
+    from distill.metrics import classification_metrics
 
     mr, mg = classification_metrics(ref, labels, C), classification_metrics(got, labels, C)
     return {"max_abs_logit_diff": float(np.abs(ref - got).max()) if len(ref) else 0.0,
@@ -497,7 +497,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fp16: bool = 
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     ref = predict_torch(model, batches, n)
-                from distill.train import classification_metrics
+                from distill.metrics import classification_metrics
 
                 metrics["pytorch"] = classification_metrics(ref, labels, C)
                 c32 = _compare(ref, predict_onnx(sess32, batches, n), labels, C)

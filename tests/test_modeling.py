@@ -3,7 +3,8 @@
 import torch
 
 from distill.modeling import AttentivePooling, ClassificationHead, layer_map, masked_mean
-from distill.strategies import STRATEGIES, StrategyConfig, StudentSignals, StudentSpec, TeacherSignals, TeacherSpec, build_strategy
+from distill.strategies import STRATEGIES, StudentSignals, StudentSpec, TeacherSignals, TeacherSpec, build_strategy
+from distill.trainer import Batch
 
 
 def test_attentive_pooling_ignores_padding():
@@ -49,18 +50,20 @@ def test_head_shapes():
 def test_registered_strategies_and_losses():
     assert {"mtbert", "nokd", "hinton", "avg"} <= set(STRATEGIES)
     teachers = [TeacherSpec("a", 8, 4, [2, 4], True), TeacherSpec("b", 12, 2, [1, 2], False)]
-    cfg = StrategyConfig()
     B, L, C = 3, 5, 4
     mask = torch.ones(B, L, dtype=torch.long)
     s = StudentSignals(torch.randn(B, C, requires_grad=True), [torch.randn(B, L, 6) for _ in range(2)], mask)
     t = TeacherSignals(torch.randn(2, B, C), [[torch.randn(B, L, 8) for _ in range(2)], [torch.randn(B, 12) for _ in range(2)]])
-    y = torch.tensor([0, 1, 2])
+    batch = Batch([0, 1, 2], torch.tensor([0, 1, 2]))
     for name in ("mtbert", "nokd", "hinton", "avg"):
-        strat = build_strategy(name, cfg, teachers, StudentSpec(6, 2))
-        out = strat(s, t, y)
+        strat = build_strategy(name, {}, teachers, StudentSpec(6, 2))
+        out = strat(s, t, batch)
         assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
-    mt = build_strategy("mtbert", cfg, teachers, StudentSpec(6, 2))
-    assert set(mt(s, t, y)) == {"loss", "hid", "dis", "task"}
+        if "teacher_weights" in out:  # (B, N), rows sum to 1
+            assert out["teacher_weights"].shape == (B, 2)
+            assert torch.allclose(out["teacher_weights"].sum(1), torch.ones(B))
+    mt = build_strategy("mtbert", {}, teachers, StudentSpec(6, 2))
+    assert set(mt(s, t, batch)) == {"loss", "hid", "dis", "task", "teacher_weights"}
     # one W_ij per teacher and student layer, mapping d_i -> d_s
     assert [[p.weight.shape for p in row] for row in mt.projections] == [[(6, 8)] * 2, [(6, 12)] * 2]
 
@@ -71,4 +74,4 @@ def test_unknown_strategy_error():
     from distill.errors import DistillError
 
     with pytest.raises(DistillError, match="unknown strategy"):
-        build_strategy("nope", StrategyConfig(), [], StudentSpec(4, 1))
+        build_strategy("nope", {}, [], StudentSpec(4, 1))

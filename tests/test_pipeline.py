@@ -120,7 +120,8 @@ def test_cached_and_online_teacher_signals_match(tiny_run):
     from distill.config import RunConfig
     from distill.modeling import load_classifier
     from distill.pipeline import prepare
-    from distill.train import TeacherProvider, Tokenized, teacher_outputs
+    from distill.cache import TeacherProvider, teacher_outputs
+    from distill.tokens import Tokenized
 
     cfg = RunConfig.from_dict(json.loads((tiny_run / "config.json").read_text()))
     P = prepare(cfg)
@@ -129,9 +130,9 @@ def test_cached_and_online_teacher_signals_match(tiny_run):
     rows = P.split.train
     cached = [teacher_outputs(t, tk, rows, lm, tl, "cpu", 16, "fp32", "x")
               for t, tk, lm, tl in zip(teachers, toks, P.layer_maps, P.token_level)]
-    a = TeacherProvider(rows, cached=cached, token_level=P.token_level, needs_hidden=True)
+    a = TeacherProvider(rows, cached=cached, token_level=P.token_level, needs_layers=True)
     b = TeacherProvider(rows, teachers=teachers, toks=toks, layer_maps=P.layer_maps, token_level=P.token_level,
-                        needs_hidden=True)
+                        needs_layers=True)
     batch = rows[:5]
     L = max(len(toks[0].ids[r]) for r in batch)
     sa, sb = a(batch, L), b(batch, L)
@@ -139,6 +140,8 @@ def test_cached_and_online_teacher_signals_match(tiny_run):
     m = torch.tensor([[1.0 if k < len(toks[0].ids[r]) else 0.0 for k in range(L)] for r in batch]).unsqueeze(-1)
     assert torch.allclose(sa.layers[0][0] * m, sb.layers[0][0] * m, atol=1e-2)
     assert torch.allclose(sa.layers[1][1], sb.layers[1][1], atol=1e-5)
+    assert sa.pooled.shape == (2, 5, teachers[0].head.classifier.in_features)
+    assert torch.allclose(sa.pooled, sb.pooled, atol=1e-5)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -174,5 +177,5 @@ def test_help_explains_options():
     assert res.exit_code == 0
     text = " ".join(res.output.split())
     for flag in ("--teacher", "--data", "--text-col", "--strategy", "--baselines", "--repeats", "--resume",
-                 "--device", "--temperature", "--w-hid", "--train-cap", "--max-length", "--student-layers"):
+                 "--device", "--set", "--train-cap", "--max-length", "--student-layers"):
         assert flag in text, flag

@@ -1,0 +1,208 @@
+"""The teacher-output cache: one pass of the frozen teachers, stored once, reused across seeds and runs.
+
+What is stored (schema version :data:`SCHEMA_VERSION`), per teacher ``i``:
+
+* ``t{i}.dev.logits`` / ``t{i}.test.logits``: (n_part, C) float32 (teacher and ensemble metrics);
+* ``t{i}.train.logits``: (n, C) float32 over the training split;
+* ``t{i}.train.pooled``: (n, d_c) float32, the pooled head feature (the prediction layer's input);
+* ``t{i}.train.layer{k}``, k = 0..K-1 (only when a strategy needs mapped-layer states): the states of
+  teacher layer ``layer_map[k]``, (n, max_length, d_i) float16 token states when the teacher's
+  tokenization equals the student's, else (n, d_i) float32 masked-mean pooled states.
+
+The file is safetensors (no pickle) in the teacher store, named by a fingerprint of the schema
+version, the student depth, layer maps, tokenizer rule and split; its metadata records the schema.
+A file holding layer states also serves runs that need none. The size is estimated before the pass;
+above ``--cache-max-mb`` the teachers run at every step instead (:class:`TeacherProvider` online
+mode: the same signals, slower).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .device import autocast_ctx
+from .modeling import masked_mean
+from .runio import fingerprint
+from .strategies.base import TeacherSignals
+from .tokens import Tokenized, length_sorted_batches, progress
+
+log = logging.getLogger("distill")
+
+#: Bump when what the cache stores (or how) changes; older files are then recomputed, never misread.
+SCHEMA_VERSION = 2
+
+
+@torch.no_grad()
+def teacher_outputs(teacher, tok: Tokenized, rows: list[int], layer_ids: list[int] | None, token_level: bool,
+                    device: str, batch_size: int, precision: str, desc: str) -> dict:
+    """One inference pass of a frozen teacher (:class:`~distill.modeling.EncoderClassifier`) over ``rows``.
+
+    Returns:
+        ``{"logits": (n, C) float32, "pooled": (n, d_c) float32, "layers": [K tensors]}``; each
+        layer tensor is (n, max_length, d_i) float16 token states (``token_level``) or (n, d_i)
+        float32 masked-mean pooled states; ``layers`` is empty when ``layer_ids`` is None.
+    """
+    teacher.eval()
+    n, C = len(rows), teacher.head.classifier.out_features
+    logits = torch.zeros((n, C), dtype=torch.float32)
+    pooled = torch.zeros((n, teacher.head.classifier.in_features), dtype=torch.float32)
+    layers = []
+    for _ in layer_ids or []:
+        d = teacher.hidden_size
+        layers.append(torch.zeros((n, tok.max_length, d), dtype=torch.float16) if token_level
+                      else torch.zeros((n, d), dtype=torch.float32))
+    for b in progress(length_sorted_batches(tok.lengths(rows), batch_size), desc):
+        ids, mask = tok.batch([rows[i] for i in b], device)
+        with autocast_ctx(device, precision):
+            out = teacher(ids, mask, output_hidden_states=bool(layer_ids))
+        idx = torch.tensor(b)
+        logits[idx] = out.logits.float().cpu()
+        pooled[idx] = out.pooled.float().cpu()
+        for k, lj in enumerate(layer_ids or []):
+            h = out.hidden_states[lj]
+            if token_level:
+                layers[k][idx, : h.shape[1]] = h.to(torch.float16).cpu()
+            else:
+                layers[k][idx] = masked_mean(h.float(), mask).cpu()
+    return {"logits": logits, "pooled": pooled, "layers": layers}
+
+
+def estimate_cache_mb(n: int, hidden_sizes: list[int], pooled_size: int, K: int, token_level: list[bool],
+                      max_length: int, num_labels: int, needs_layers: bool) -> float:
+    """Training-split cache size in MB (10^6 bytes) for ``n`` examples:
+    ``n * sum_i [C*4 + d_c*4 + (K * (L*d_i*2 | d_i*4) if layers)]``."""
+    total = 0
+    for d, tl in zip(hidden_sizes, token_level):
+        total += n * (num_labels + pooled_size) * 4
+        if needs_layers:
+            total += n * K * (max_length * d * 2 if tl else d * 4)
+    return total / 1e6
+
+
+class TeacherProvider:
+    """Gives :class:`~distill.strategies.base.TeacherSignals` for a batch of training rows, from the
+    cache or by running the frozen teachers (``online``).
+
+    Args:
+        train_rows: the training rows (cache row k = ``train_rows[k]``).
+        cached: per teacher, the dict of :func:`teacher_outputs` over ``train_rows`` (cache mode), or None.
+        teachers, toks, layer_maps, token_level: used in online mode.
+        needs_layers: also return the mapped-layer states.
+    """
+
+    def __init__(self, train_rows, cached=None, teachers=None, toks=None, layer_maps=None, token_level=None,
+                 needs_layers=False, device="cpu", precision="fp32"):
+        self.pos = {r: k for k, r in enumerate(train_rows)}
+        self.cached, self.teachers, self.toks = cached, teachers, toks
+        self.layer_maps, self.token_level = layer_maps, token_level
+        self.needs_layers, self.device, self.precision = needs_layers, device, precision
+
+    @property
+    def mode(self) -> str:
+        """``cache`` or ``online``."""
+        return "cache" if self.cached is not None else "online"
+
+    @torch.no_grad()
+    def __call__(self, rows: list[int], seq_len: int) -> TeacherSignals:
+        """Signals for dataset ``rows``; token-level states are cut to the student batch length ``seq_len``."""
+        if self.cached is not None:
+            idx = torch.tensor([self.pos[r] for r in rows])
+            logits = torch.stack([c["logits"][idx] for c in self.cached]).to(self.device)
+            pooled = torch.stack([c["pooled"][idx] for c in self.cached]).to(self.device)
+            layers = None
+            if self.needs_layers:
+                layers = [[(h[idx, :seq_len].float() if tl else h[idx]).to(self.device) for h in c["layers"]]
+                          for c, tl in zip(self.cached, self.token_level)]
+            return TeacherSignals(logits, layers, pooled)
+        all_logits, all_pooled, layers = [], [], [] if self.needs_layers else None
+        for t, tk, lm, tl in zip(self.teachers, self.toks, self.layer_maps, self.token_level):
+            ids, mask = tk.batch(rows, self.device)
+            with autocast_ctx(self.device, self.precision):
+                out = t(ids, mask, output_hidden_states=self.needs_layers)
+            all_logits.append(out.logits.float())
+            all_pooled.append(out.pooled.float())
+            if self.needs_layers:
+                layers.append([out.hidden_states[j].float() if tl else masked_mean(out.hidden_states[j].float(), mask)
+                               for j in lm])
+        return TeacherSignals(torch.stack(all_logits), layers, torch.stack(all_pooled))
+
+
+def _key(K, token_level, layer_maps, layers: bool, cache: bool, dev, test) -> str:
+    return fingerprint({"schema": SCHEMA_VERSION, "K": K, "token_level": token_level, "layer_maps": layer_maps,
+                        "layers": layers, "cache": cache, "dev": dev, "test": test})
+
+
+def _read(path: Path) -> dict | None:
+    """A cache file's tensors, or None when it is missing or of another schema version."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    with safe_open(str(path), "pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("schema") != str(SCHEMA_VERSION):
+        log.info("teacher-output cache %s has schema %s (need %d): recomputing", path.name, meta.get("schema"),
+                 SCHEMA_VERSION)
+        return None
+    return load_file(str(path))
+
+
+def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_level, *, needs_layers: bool,
+                  use_cache: bool, device: str, batch_size: int, precision: str) -> tuple[list[dict], dict]:
+    """Teacher logits on dev/test and the training-split cache, from ``store`` or by one teacher pass.
+
+    Args:
+        split: an object with ``train``/``dev``/``test`` row lists.
+        use_cache: False = only dev/test logits (teachers will run online during training).
+
+    Returns:
+        ``(per teacher {"dev", "test": (n, C) numpy; cache mode: "logits", "pooled", "layers"}, info)``
+        where info has ``reused`` and ``file_mb``. The file is written atomically.
+    """
+    from safetensors.torch import save_file
+
+    args = (K, token_level, layer_maps)
+    candidates = [_key(*args, True, True, split.dev, split.test)] if use_cache else []
+    if not (use_cache and needs_layers):
+        candidates.append(_key(*args, False, use_cache, split.dev, split.test))
+    flat, path = None, store / f"outputs-{candidates[0]}.safetensors"
+    for key in candidates:
+        flat = _read(store / f"outputs-{key}.safetensors")
+        if flat is not None:
+            path = store / f"outputs-{key}.safetensors"
+            log.info("loading cached teacher outputs from %s", path.name)
+            break
+    reused = flat is not None
+    if flat is None:
+        path = store / f"outputs-{_key(*args, needs_layers and use_cache, use_cache, split.dev, split.test)}.safetensors"
+        flat = {}
+        for i, (t, tk) in enumerate(zip(teachers, toks)):
+            for part in ("dev", "test"):
+                flat[f"t{i}.{part}.logits"] = teacher_outputs(t, tk, getattr(split, part), None, False, device,
+                                                              batch_size, precision, f"teacher {i} {part}")["logits"]
+            if use_cache:
+                o = teacher_outputs(t, tk, split.train, layer_maps[i] if needs_layers else None, token_level[i],
+                                    device, batch_size, precision, f"teacher {i} cache")
+                flat[f"t{i}.train.logits"] = o["logits"]
+                flat[f"t{i}.train.pooled"] = o["pooled"]
+                for k, h in enumerate(o["layers"]):
+                    flat[f"t{i}.train.layer{k}"] = h.contiguous()
+            log.info("teacher %d outputs computed", i)
+        tmp = path.with_name("." + path.name + ".tmp")
+        save_file(flat, str(tmp), metadata={"schema": str(SCHEMA_VERSION), "format": "distill-teacher-outputs",
+                                            "teachers": json.dumps(len(teachers))})
+        tmp.replace(path)
+    per = []
+    for i in range(len(teachers)):
+        d = {part: flat[f"t{i}.{part}.logits"].numpy() for part in ("dev", "test")}
+        if use_cache:
+            d["logits"], d["pooled"] = flat[f"t{i}.train.logits"], flat[f"t{i}.train.pooled"]
+            d["layers"] = [flat[f"t{i}.train.layer{k}"] for k in range(K) if f"t{i}.train.layer{k}" in flat]
+        per.append(d)
+    return per, {"reused": reused, "file_mb": round(path.stat().st_size / 1e6, 1), "schema": SCHEMA_VERSION,
+                 "file": path.name}

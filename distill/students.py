@@ -1,0 +1,118 @@
+"""Students: build one, train it with a strategy through :func:`~distill.trainer.fit`, and summarise
+which teacher it listened to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .metrics import classification_metrics, predict_logits
+from .modeling import ClassificationHead, EncoderClassifier, encoder_from_config, load_encoder
+from .strategies import DistillStrategy, StudentSpec, TeacherSpec
+from .tokens import Tokenized
+from .trainer import FitResult, FitSettings, fit
+
+
+def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int) -> EncoderClassifier:
+    """Student encoder (teacher prefix, checkpoint or config) + head (from the shared head when sizes allow).
+
+    Seeds torch with ``seed`` first, so the same seed gives the same initialisation.
+    """
+    torch.manual_seed(seed)
+    src = P.student_source
+    if src["kind"] == "config":
+        enc = encoder_from_config(src["config"])
+    else:
+        enc = load_encoder(src["path"], num_layers=P.K)
+    d = enc.config.hidden_size
+    head = ClassificationHead(d, len(P.ds.label_names), cfg.query_dim, pooling=cfg.pooling)
+    if cfg.student_head_init == "shared" and cfg.teacher_mode == "joint" and d == P.head_dim:
+        head.load_state_dict(teachers[0].head.state_dict())
+    return EncoderClassifier(enc, head, d)
+
+
+def specs(cfg, P, teacher_dev_f1: list[float] | None = None) -> tuple[list[TeacherSpec], StudentSpec]:
+    """What the strategies need to know about the teachers and the student."""
+    f1 = teacher_dev_f1 or [None] * len(cfg.teachers)
+    tspecs = [TeacherSpec(n, c.hidden_size, c.num_hidden_layers, lm, tl, P.head_dim, f)
+              for n, c, lm, tl, f in zip(cfg.teachers, P.teacher_cfgs, P.layer_maps, P.token_level, f1)]
+    return tspecs, StudentSpec(P.student_source["hidden_size"], P.K, len(P.ds.label_names))
+
+
+def fit_settings(cfg, seed: int, max_steps: int | None = None) -> FitSettings:
+    """The student's :class:`~distill.trainer.FitSettings` from the run config."""
+    return FitSettings(cfg.student_epochs, cfg.student_batch_size, cfg.student_lr, cfg.head_lr, cfg.weight_decay,
+                       cfg.warmup, seed, max_steps)
+
+
+class Evaluator:
+    """Held-out evaluation for :class:`~distill.trainer.StepContext` (``ctx.evaluate``): accuracy,
+    macro-F1 (%) and mean CE (nats) of ``model`` on a held-out part (``"dev"``; the test part is never
+    offered) or on a subset of its rows. Restores the model's train/eval mode afterwards.
+
+    Attributes:
+        parts: ``{part: dataset rows}`` that may be evaluated.
+    """
+
+    def __init__(self, model, tok: Tokenized, labels: list[int], parts: dict[str, list[int]], num_labels: int,
+                 device: str, batch_size: int, precision: str):
+        self.model, self.tok, self.labels, self.parts = model, tok, labels, parts
+        self.num_labels, self.device, self.batch_size, self.precision = num_labels, device, batch_size, precision
+
+    def __call__(self, part: str, rows: list[int] | None = None) -> dict:
+        """``{"accuracy", "macro_f1", "n", "loss"}`` on ``rows`` (default: the whole part).
+
+        Raises:
+            KeyError: ``part`` is not a held-out part.
+        """
+        if part not in self.parts:
+            raise KeyError(f"no held-out part {part!r} (available: {sorted(self.parts)})")
+        rows = self.parts[part] if rows is None else rows
+        was_training = self.model.training
+        logits = predict_logits(self.model, self.tok, rows, self.device, self.batch_size, self.precision,
+                                f"eval {part}")
+        self.model.train(was_training)
+        y = np.asarray([self.labels[r] for r in rows])
+        lp = torch.log_softmax(torch.from_numpy(logits), -1).numpy()
+        out = classification_metrics(logits, list(y), self.num_labels)
+        out["loss"] = float(-lp[np.arange(len(y)), y].mean()) if len(y) else float("nan")
+        return out
+
+
+def train_student(student: EncoderClassifier, strategy: DistillStrategy, tok: Tokenized, labels: list[int],
+                  train_rows: list[int], provider, fs: FitSettings, *, device: str, precision: str,
+                  evaluate=None, checkpoint=None, resume_state=None) -> FitResult:
+    """Train ``student`` with ``strategy`` (the strategy's teacher signals come from ``provider``:
+    the cache or online teachers; None for strategies that use none)."""
+    return fit(strategy, student, labels, train_rows, fs, tok=tok,
+               teachers=provider if strategy.needs.teachers else None, device=device, precision=precision,
+               evaluate=evaluate, checkpoint=checkpoint, resume_state=resume_state,
+               desc=f"{strategy.name} seed {fs.seed}")
+
+
+def teacher_weight_summary(per_text: np.ndarray | None, labels: list[int], label_names: list[str],
+                           teacher_names: list[str]) -> dict | None:
+    """Which teacher taught what, from the per-text mean weights a strategy used.
+
+    Args:
+        per_text: (n, N) mean weight of each teacher for every training text (NaN rows = never seen).
+        labels: the n texts' gold class ids.
+
+    Returns:
+        ``{"teachers", "mean": [N], "per_class": {label: [N]}, "dominant_share": [N], "texts": n}``:
+        the mean weight overall and per gold class, and the share of texts on which each teacher had
+        the largest mean weight (ties split evenly); None when the strategy reported no weights.
+    """
+    if per_text is None:
+        return None
+    seen = ~np.isnan(per_text).any(1)
+    w, y = per_text[seen], np.asarray(labels)[seen]
+    if not len(w):
+        return None
+    top = w.max(1, keepdims=True)
+    winners = np.isclose(w, top, rtol=0, atol=1e-9)
+    dominant = (winners / winners.sum(1, keepdims=True)).mean(0)
+    per_class = {name: w[y == c].mean(0).tolist() for c, name in enumerate(label_names) if (y == c).any()}
+    return {"teachers": list(teacher_names), "mean": w.mean(0).tolist(), "per_class": per_class,
+            "dominant_share": dominant.tolist(), "texts": int(len(w))}

@@ -1,0 +1,154 @@
+"""Teachers: build them with the shared MT-BERT head, co-finetune them with :func:`~distill.trainer.fit`,
+and keep them in a teacher store reused by later runs.
+
+Co-finetuning (MT-BERT §2.1): all teachers are trained jointly on ``sum_i CE(y, y_i)`` through ONE
+shared attentive-pooling + prediction head (with a per-teacher projection where hidden sizes differ,
+see :mod:`distill.modeling`). ``independent`` mode gives each teacher its own head (the paper's
+"w/o co-finetuning" ablation). The store folder is keyed by a fingerprint of the teachers, data,
+split and teacher settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .modeling import ClassificationHead, EncoderClassifier, load_classifier, load_encoder, save_classifier
+from .runio import atomic_dir, atomic_write_json, fingerprint, load_checkpoint, save_checkpoint
+from .trainer import Batch, FitSettings, StepContext, adamw, fit
+
+log = logging.getLogger("distill")
+
+
+def freeze_lower_layers(model: EncoderClassifier, train_layers: int) -> None:
+    """Train only the top ``train_layers`` Transformer layers of ``model.encoder`` (0 = all layers).
+
+    Embeddings and lower layers get ``requires_grad=False``; the projection and head stay trainable.
+    """
+    if train_layers <= 0 or train_layers >= model.num_layers:
+        return
+    keep = {str(i) for i in range(model.num_layers - train_layers, model.num_layers)}
+    for name, p in model.encoder.named_parameters():
+        parts = name.split(".")
+        layer_idx = next((parts[k + 1] for k, s in enumerate(parts[:-1]) if s in ("layer", "layers")
+                          and parts[k + 1].isdigit()), None)
+        p.requires_grad = layer_idx in keep
+
+
+class CoFinetune(nn.Module):
+    """The co-finetuning method for :func:`~distill.trainer.fit`: ``L = sum_i CE(y, y_i)`` (MT-BERT §2.1).
+
+    The teachers are the trained ``model`` (an ``nn.ModuleList``); each reads its own tokenisation
+    ``toks[i]``. One AdamW: encoder parameters at ``lr``, heads and projections at ``head_lr``
+    (a shared head is counted once). Logged components: ``ce_teacher_i``.
+    """
+
+    def __init__(self, toks: list):
+        super().__init__()
+        self.toks = toks
+
+    def configure_optimizers(self, model, fs: FitSettings, total_steps: int):
+        enc, head, seen = [], [], set()
+        for t in model:
+            for n, p in t.named_parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    (enc if n.startswith("encoder.") else head).append(p)
+        return [adamw([(enc, fs.lr), (head, fs.head_lr)], fs.weight_decay, total_steps, fs.warmup)]
+
+    def training_step(self, batch: Batch, ctx: StepContext) -> dict:
+        loss = torch.zeros((), device=ctx.device)
+        parts = {}
+        with ctx.autocast():
+            for i, (t, tk) in enumerate(zip(ctx.model, self.toks)):
+                ids, mask = tk.batch(batch.rows, ctx.device)
+                ce = nn.functional.cross_entropy(t(ids, mask).logits.float(), batch.labels)
+                loss = loss + ce
+                parts[f"ce_teacher_{i}"] = ce.detach()
+        ctx.backward_step(loss)
+        return {"loss": loss, **parts}
+
+    def on_epoch_start(self, ctx):
+        pass
+
+    def on_epoch_end(self, ctx):
+        return None
+
+
+def teacher_fingerprint(cfg, P) -> str:
+    """Key of the teacher store folder: teachers (config and weight size), data, training split and settings."""
+    def wsize(p):
+        return sum(f.stat().st_size for f in Path(p).glob("*.safetensors"))
+
+    return fingerprint({
+        "teachers": [[n, str(P.teacher_cfgs[i].to_dict()), wsize(P.teacher_paths[i])] for i, n in enumerate(cfg.teachers)],
+        "data": P.ds.source, "labels": P.ds.label_names,
+        "train": fingerprint([P.ds.ids[i] for i in P.split.train]),
+        "train_labels": fingerprint([P.ds.labels[i] for i in P.split.train]),
+        "settings": [cfg.max_length, cfg.teacher_mode, cfg.teacher_epochs, cfg.teacher_lr, cfg.teacher_train_layers,
+                     cfg.teacher_batch_size, cfg.head_lr, P.head_dim, cfg.pooling, cfg.query_dim, cfg.seed,
+                     cfg.weight_decay, cfg.warmup],
+    })
+
+
+def build_teachers(cfg, P) -> list[EncoderClassifier]:
+    """Pre-trained teacher encoders with the shared (``joint``) or own (``independent``) heads."""
+    torch.manual_seed(cfg.seed)
+    C = len(P.ds.label_names)
+    shared = ClassificationHead(P.head_dim, C, cfg.query_dim, pooling=cfg.pooling)
+    out = []
+    for p in P.teacher_paths:
+        head = shared if cfg.teacher_mode == "joint" else ClassificationHead(P.head_dim, C, cfg.query_dim, pooling=cfg.pooling)
+        out.append(EncoderClassifier(load_encoder(p, trust_remote_code=cfg.trust_remote_code), head, P.head_dim))
+    return out
+
+
+def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -> tuple[list[EncoderClassifier], dict]:
+    """Co-finetune the teachers (or reuse them from ``store``); they come back frozen, in eval mode.
+
+    Returns:
+        ``(teachers, record)``; the record (``teachers.json`` in the store) has the epoch logs,
+        ``seconds``, ``mode``, ``train_layers`` and ``reused``.
+    """
+    done = store / "teachers.json"
+    if done.is_file():
+        log.info("reusing finetuned teachers from %s", store)
+        rec = json.loads(done.read_text())
+        rec["reused"] = True
+        return [load_classifier(store / f"teacher_{i}", device)[0] for i in range(len(cfg.teachers))], rec
+    teachers = build_teachers(cfg, P)
+    ckpt = store / ".cofinetune.ckpt"
+    resume = load_checkpoint(ckpt) if ckpt.is_file() else None
+    if resume is not None:
+        log.info("resuming teacher co-finetuning after epoch %d", len(resume["logs"]))
+    log.info("co-finetuning %d teacher(s) (%s, top %s layers trainable) on %d examples, %d epoch(s)",
+             len(teachers), cfg.teacher_mode, cfg.teacher_train_layers or "all", len(P.split.train), cfg.teacher_epochs)
+    t0 = time.perf_counter()
+    logs = []
+    for t in teachers:
+        freeze_lower_layers(t, cfg.teacher_train_layers)
+    if cfg.teacher_epochs > 0:
+        fs = FitSettings(cfg.teacher_epochs, cfg.teacher_batch_size, cfg.teacher_lr, cfg.head_lr, cfg.weight_decay,
+                         cfg.warmup, cfg.seed)
+        logs = fit(CoFinetune(toks), nn.ModuleList(teachers), P.ds.labels, P.split.train, fs, device=device,
+                   precision=precision, checkpoint=lambda st: save_checkpoint(ckpt, st), resume_state=resume,
+                   order_seed=lambda e: cfg.seed + e, seed_torch=False, desc="co-finetune teachers").logs
+    for t in teachers:
+        t.to(device).eval()
+        for p in t.parameters():
+            p.requires_grad = False
+    seconds = time.perf_counter() - t0
+    for i, (t, name) in enumerate(zip(teachers, cfg.teachers)):
+        with atomic_dir(store / f"teacher_{i}") as tmp:
+            save_classifier(t, P.teacher_toks[i], tmp, {"label_names": P.ds.label_names, "max_length": cfg.max_length,
+                                                        "source_model": name, "role": "teacher"})
+    rec = {"epochs": [vars(e) for e in logs], "seconds": seconds, "mode": cfg.teacher_mode,
+           "train_layers": cfg.teacher_train_layers, "reused": False}
+    atomic_write_json(done, rec)
+    ckpt.unlink(missing_ok=True)
+    return teachers, rec
