@@ -122,16 +122,20 @@ def strategies_cmd(
                                     "settings": settings_table(n)} for n, c in STRATEGIES.items()},
                                indent=2, default=str))
         return
+    typer.echo("Set any of these with --set STRATEGY.FIELD=VALUE (repeatable) on `distill run`.\n")
     for name, cls in STRATEGIES.items():
         typer.secho(name, bold=True)
-        typer.echo(f"  {(cls.__doc__ or '').strip().splitlines()[0]}")
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        typer.echo(f"  {summary}")
         typer.echo(f"  paper: {cls.paper}")
         rows = settings_table(name)
+        width = max([len(f"{name}.{r['name']}") for r in rows], default=0)
         for r in rows:
             rng = f" [{r['range']}]" if r["range"] else ""
-            typer.echo(f"  --set {name}.{r['name']}={r['default']!s:<6} {r['type']}{rng}: {r['description']}")
+            typer.echo(f"    {name + '.' + r['name']:<{width}}  default {r['default']!s:<6} {r['type']}{rng}: "
+                       f"{r['description']}")
         if not rows:
-            typer.echo("  (no settings)")
+            typer.echo("    (no settings)")
         typer.echo("")
 
 

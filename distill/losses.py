@@ -119,3 +119,44 @@ def average_ensemble_kd_loss(student_logits: torch.Tensor, teacher_logits: torch
     """
     p = F.softmax(teacher_logits.float() / temperature, dim=-1).mean(0)
     return temperature ** 2 * soft_cross_entropy(p, student_logits.float(), temperature)
+
+
+def kd_per_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-sample, per-teacher soft-label loss ``T^2 CE(softmax(z_k/T), softmax(z_s/T))``, the summand of
+    paper 003 eq. (4)/(7) (with Hinton's ``T^2`` so gradient sizes do not depend on ``T``).
+
+    Shapes: student (B, C), teachers (N, B, C) -> (N, B). CE and KL differ by the teacher's entropy,
+    a constant, so their gradients are equal.
+    """
+    logq = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, C)
+    p = F.softmax(teacher_logits.float() / temperature, dim=-1)  # (N, B, C)
+    return -(temperature ** 2) * (p * logq.unsqueeze(0)).sum(-1)
+
+
+def weighted_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, weights: torch.Tensor,
+                     temperature: float) -> torch.Tensor:
+    """Per-sample weighted multi-teacher KD, paper 003 eq. (4)/(7):
+    ``L_KD = mean_b sum_k w_kb T^2 CE(softmax(z_k/T), softmax(z_s/T))``.
+
+    Args:
+        weights: (N, B) teacher weights (detached by the caller; per sample they usually sum to 1).
+
+    Shapes: student (B, C), teachers (N, B, C) -> scalar. With ``w = 1/N`` it equals
+    :func:`average_ensemble_kd_loss` (CE is linear in the soft labels).
+    """
+    return (weights * kd_per_teacher(student_logits, teacher_logits, temperature)).sum(0).mean()
+
+
+def hint_loss_per_teacher(student_feat: torch.Tensor, teacher_feats: torch.Tensor) -> torch.Tensor:
+    """Smooth-L1 hint loss per sample and teacher, paper 003 eq. (8)-(9): ``SmoothL1(f_k - f_s)``,
+    averaged over the feature dimensions.
+
+    Shapes: student (already projected per teacher) (N, B, d), teachers (N, B, d) -> (N, B).
+    """
+    return F.smooth_l1_loss(student_feat.float(), teacher_feats.float(), reduction="none").mean(-1)
+
+
+def logit_l2_per_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Squared L2 distance between logits per sample and teacher, paper 003 eq. (11)-(12):
+    ``||z_k - z_s||_2^2``. Shapes: (B, C), (N, B, C) -> (N, B)."""
+    return ((teacher_logits.float() - student_logits.float().unsqueeze(0)) ** 2).sum(-1)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -250,7 +250,10 @@ def settings_table(name: str) -> list[dict]:
                 if getattr(m, attr, None) is not None:
                     rng.append(f"{sym} {getattr(m, attr)}")
         ann = f.annotation
-        tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        if getattr(ann, "__origin__", None) is Literal:
+            tname = "one of " + " | ".join(map(str, ann.__args__))
+        else:
+            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
         rows.append({"name": fname, "type": tname, "default": f.default, "range": ", ".join(rng),
                      "description": f.description or ""})
     return rows
