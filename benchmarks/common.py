@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from distill.device import cpu_model
 from distill.errors import DistillError
 
 #: Files a finished run folder must hold for the benchmarks.
@@ -99,17 +100,6 @@ def file_mb(path: str | Path) -> float:
     if ext.is_file():
         size += ext.stat().st_size
     return size / 1e6
-
-
-def cpu_model() -> str:
-    """CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(mod: str) -> str | None:

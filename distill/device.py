@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -41,3 +43,14 @@ def autocast_ctx(device: str, precision: str):
 def grad_scaler(device: str, precision: str) -> torch.amp.GradScaler:
     """A ``torch.amp.GradScaler`` for fp16 autocast on CUDA (loss scaling); disabled otherwise."""
     return torch.amp.GradScaler("cuda", enabled=device.startswith("cuda") and precision == "fp16")
+
+
+def cpu_model() -> str:
+    """CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import platform
 import statistics
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import __version__
+from .device import cpu_model
 
 
 def mean_std(vals: list[float]) -> dict:
@@ -28,17 +28,6 @@ def _weights_over_seeds(rs: list[dict]) -> dict | None:
             "mean": np.mean([w["mean"] for w in ws], 0).tolist(),
             "dominant_share": np.mean([w["dominant_share"] for w in ws], 0).tolist(),
             "per_class": {c: np.mean([w["per_class"][c] for w in ws], 0).tolist() for c in classes}}
-
-
-def _cpu_name() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return cpu
 
 
 def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teacher_rec, cache_info, times, device,
@@ -87,7 +76,7 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         "runs": results,
         "cache": cache_info,
         "times_s": times,
-        "system": {"device": device, "precision": precision, "threads": torch.get_num_threads(), "cpu": _cpu_name(),
+        "system": {"device": device, "precision": precision, "threads": torch.get_num_threads(), "cpu": cpu_model(),
                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
                    "torch": torch.__version__, "transformers": transformers.__version__,
                    "python": platform.python_version()},
@@ -141,6 +130,7 @@ def render_markdown(r: dict) -> str:
     L.append(f"Student results are mean ± std (sample std) over {cfg['repeats']} seed(s). The saved student "
              f"(`student/`) is seed {st['seed']} of `{st['strategy']}` (best dev macro-F1): test acc "
              f"{st['test']['accuracy']:.2f}, macro-F1 {st['test']['macro_f1']:.2f}.\n")
+    L.extend(_comparison_section(r))
 
     c = r["compression"]
     L.append("## Compression\n")
@@ -233,5 +223,29 @@ def _teacher_weight_section(r: dict) -> list[str]:
     for name, w in rows.items():
         L.append(f"| {name} | " + " | ".join(" / ".join(f"{x:.2f}" for x in w["per_class"].get(c, []))
                                             for c in classes) + " |")
+    L.append("")
+    return L
+
+
+def _comparison_section(r: dict) -> list[str]:
+    """One row per strategy: test accuracy and macro-F1 (mean ± std), the macro-F1 difference to
+    ``nokd`` (when trained), seconds per epoch and the teacher-weight summary."""
+    strategies = r["strategies"]
+    if len(strategies) < 2:
+        return []
+    names = [t["name"].rstrip("/").split("/")[-1] for t in r["teachers"]]
+    base = strategies.get("nokd")
+    L = ["## Strategy comparison (test split)\n",
+         f"Mean weight / share of texts dominated: teachers {' / '.join(names)}.\n",
+         "| strategy | test acc | test macro-F1 | macro-F1 vs nokd | s/epoch | mean teacher weight | dominant share |",
+         "|---|---:|---:|---:|---:|---|---|"]
+    for name, s in strategies.items():
+        delta = "-" if base is None or name == "nokd" else \
+            f"{s['test']['macro_f1']['mean'] - base['test']['macro_f1']['mean']:+.2f}"
+        w = s.get("teacher_weights")
+        mean = " / ".join(f"{x:.2f}" for x in w["mean"]) if w else "-"
+        dom = " / ".join(f"{100 * x:.0f}%" for x in w["dominant_share"]) if w else "-"
+        L.append(f"| {name} | {_pm(s['test']['accuracy'])} | {_pm(s['test']['macro_f1'])} | {delta} | "
+                 f"{_pm(s['epoch_seconds'], 1)} | {mean} | {dom} |")
     L.append("")
     return L
