@@ -44,3 +44,21 @@ def test_mind_by_flags_alone(tmp_path):
     assert res.exit_code == 0, res.output
     r = json.loads((tmp_path / "mind" / "report.json").read_text())
     assert len(r["data"]["label_names"]) == 15 and r["data"]["source"].startswith("MIND")
+
+
+@pytest.mark.skipif(not HAS_TEACHERS or not (SHARED_DATA / "ag_news" / "test.csv").is_file(),
+                    reason="teachers or AG News missing")
+def test_weighting_strategies_on_ag_news(tmp_path):
+    """camkd, ebkd, aekd and rl on the real teachers and AG News (a small slice)."""
+    res = CliRunner().invoke(app, [
+        "run", "--out", str(tmp_path / "ag"), "--data", str(SHARED_DATA / "ag_news" / "test.csv"),
+        "--train-cap", "80", "--max-length", "32", "--student-epochs", "1", "--test-frac", "0.02",
+        "--dev-frac", "0.02", "--strategy", "camkd", "--baselines", "ebkd,aekd,rl", "--set", "rl.episode_steps=2"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "ag" / "report.json").read_text())
+    assert r["data"]["label_names"] == ["World", "Sports", "Business", "Sci/Tech"]
+    for name in ("camkd", "ebkd", "aekd", "rl"):
+        w = r["strategies"][name]["teacher_weights"]
+        assert w["teachers"] == ["sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"]
+        assert sum(w["dominant_share"]) == pytest.approx(1.0)
+    assert "Which teacher taught what" in (tmp_path / "ag" / "report.md").read_text()
