@@ -180,8 +180,8 @@ class ReinforcedSelection(WeightedKD):
         """Logged with the epoch: episodes, mean reward and policy loss, and the mean selection
         probability of every teacher over the epoch's texts."""
         out = {"episodes": len(self.epoch_rewards),
-               "reward_mean": float(np.mean(self.epoch_rewards)) if self.epoch_rewards else float("nan"),
-               "policy_loss_mean": float(np.mean(self.epoch_policy_losses)) if self.epoch_policy_losses else float("nan")}
+               "reward_mean": float(np.mean(self.epoch_rewards)) if self.epoch_rewards else None,
+               "policy_loss_mean": float(np.mean(self.epoch_policy_losses)) if self.epoch_policy_losses else None}
         if self.epoch_probs:
             for k, p in enumerate(torch.stack(self.epoch_probs).mean(0).tolist()):
                 out[f"select_prob_teacher_{k}"] = p
