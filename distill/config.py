@@ -25,7 +25,7 @@ class RunConfig:
     dev_frac: float = 0.1
     test_frac: float = 0.2
     train_cap: int | None = None
-    max_length: int = 128
+    max_length: int = 64
     # teachers
     teachers: list[str] = field(default_factory=lambda: [MINILM, MPNET])
     teacher_mode: str = "joint"
