@@ -68,10 +68,9 @@ def setup(run_dir: Path, report: dict) -> TrainContext:
         DistillError: the data or the teachers cannot be loaded.
     """
     from distill.config import RunConfig
-    from distill.modeling import load_classifier
     from distill.device import resolve_device, resolve_precision
+    from distill.modeling import load_classifier
     from distill.pipeline import prepare, student_tokenization
-    from distill.strategies import build_strategy
     from distill.students import specs
     from distill.tokens import Tokenized
 
@@ -95,8 +94,7 @@ def setup(run_dir: Path, report: dict) -> TrainContext:
     toks = [Tokenized(t, P.ds.texts, cfg.max_length) for t in P.teacher_toks]
     stok = student_tokenization(P, toks, cfg.max_length)
     tspecs, sspec = specs(cfg, P, [t["dev"]["macro_f1"] for t in report.get("teachers", [])] or None)
-    run_needs_layers = any(build_strategy(s, cfg.strategy_settings(s), tspecs, sspec).needs.layers
-                           for s in cfg.strategies)
+    run_needs_layers = P.needs_layers
     store = Path(report.get("teacher_store") or (run_dir / "teachers"))
     return TrainContext(cfg, P, teachers, toks, stok, tspecs, sspec, store, device, precision,
                         run_needs_layers, time.perf_counter() - t0)

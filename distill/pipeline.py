@@ -97,6 +97,7 @@ class Prepared:
     token_level: list[bool]
     layer_maps: list[list[int]]
     head_dim: int
+    needs_layers: bool
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -162,6 +163,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     probe = P.ds.texts[:8]
     P.token_level = [same_tokenization(P.student_tok, t, probe) for t in P.teacher_toks]
     P.layer_maps = [layer_map(P.K, c.num_hidden_layers) for c in P.teacher_cfgs]
+    # build every strategy once: checks that need the teachers and the student (e.g. aekd's C >= 1/N)
+    # fail here, before any training; and what the teacher-output cache must hold
+    tspecs, sspec = specs(cfg, P)
+    P.needs_layers = any(build_strategy(s, cfg.strategy_settings(s), tspecs, sspec).needs.layers
+                         for s in cfg.strategies)
     return P
 
 
@@ -227,22 +233,19 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
     for i in range(len(teachers)):
         link_or_copy_tree(store / f"teacher_{i}", run_dir / "teachers" / f"teacher_{i}")
 
-    tspecs, sspec = specs(cfg, P)
-    needs_layers = any(build_strategy(s, cfg.strategy_settings(s), tspecs, sspec).needs.layers for s in cfg.strategies)
     t0 = time.perf_counter()
-    outs, cache_info = teacher_outputs_phase(cfg, P, teachers, toks, store, needs_layers, device, precision)
+    outs, cache_info = teacher_outputs_phase(cfg, P, teachers, toks, store, P.needs_layers, device, precision)
     timer.times["teacher_outputs"] = timer.times.get("teacher_outputs", 0.0) + time.perf_counter() - t0
 
     teacher_metrics, ens, ens_params = teacher_report(cfg, P, teachers, outs, run_dir)
     tspecs, sspec = specs(cfg, P, [m["dev"]["macro_f1"] for m in teacher_metrics])
-    provider = None
     if cache_info["mode"] == "cache":
         provider = teacher_cache.TeacherProvider(P.split.train, cached=outs, token_level=P.token_level,
-                                                 needs_layers=needs_layers, device=device)
+                                                 needs_layers=P.needs_layers, device=device)
     else:
         provider = teacher_cache.TeacherProvider(P.split.train, teachers=teachers, toks=toks,
                                                  layer_maps=P.layer_maps, token_level=P.token_level,
-                                                 needs_layers=needs_layers, device=device, precision=precision)
+                                                 needs_layers=P.needs_layers, device=device, precision=precision)
 
     results: dict[str, list[dict]] = {}
     for strat in cfg.strategies:

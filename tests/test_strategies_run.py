@@ -50,9 +50,13 @@ def test_weighting_strategies_run_and_report_teacher_weights(tmp_path, tiny_teac
     (["beta=1"], "no strategy of this run"),
     (["camkd.feature_loss=cnn"], "--set camkd.feature_loss='cnn'"),
     (["oops"], "expected STRATEGY.FIELD=VALUE"),
+    (["aekd.C=0.3"], "--set aekd.C=0.3: with 2 teachers"),
+    (["hinton.teacher=5"], "--set hinton.teacher=5: out of range"),
 ])
 def test_bad_settings_fail_before_training(tmp_path, tiny_teachers, tiny_csv, sets, message):
-    args = tiny_run_args(tmp_path / "r", tiny_teachers, tiny_csv, strategy="camkd" if "beta=1" not in sets else "mtbert")
+    strategy = "mtbert" if sets == ["beta=1"] else sets[0].split(".")[0] if sets[0].split(".")[0] in (
+        "aekd", "hinton") else "camkd"
+    args = tiny_run_args(tmp_path / "r", tiny_teachers, tiny_csv, strategy=strategy)
     for s in sets:
         args += ["--set", s]
     res = runner.invoke(app, args)
