@@ -171,6 +171,7 @@ class WeightTracker:
         self.n, self.sums, self.counts = n, None, np.zeros(n)
 
     def add(self, positions: list[int], weights: torch.Tensor) -> None:
+        """Add one step's weights (B, N) for the training texts at ``positions`` (B,)."""
         w = weights.detach().float().cpu().numpy()
         if self.sums is None:
             self.sums = np.zeros((self.n, w.shape[1]))
@@ -178,16 +179,19 @@ class WeightTracker:
         np.add.at(self.counts, positions, 1)
 
     def per_text(self) -> np.ndarray | None:
+        """(n, N) mean weight per training text; None when no weights were recorded."""
         if self.sums is None:
             return None
         with np.errstate(invalid="ignore"):
             return self.sums / self.counts[:, None]
 
     def state(self) -> dict:
+        """Tensors for a checkpoint."""
         return {"sums": torch.from_numpy(self.sums) if self.sums is not None else None,
                 "counts": torch.from_numpy(self.counts)}
 
     def load(self, st: dict) -> None:
+        """Restore from :meth:`state`."""
         self.sums = st["sums"].numpy() if st.get("sums") is not None else None
         self.counts = st["counts"].numpy()
 

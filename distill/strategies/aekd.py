@@ -16,6 +16,8 @@ from .weighted import WeightedKD
 
 
 class AEKDSettings(KDSettings):
+    """Settings of ``aekd``: the KD settings, the tolerance ``C`` and how gradients enter the min-norm problem."""
+
     C: float = Field(0.6, gt=0, le=1, description="tolerance: upper bound on every teacher weight (needs C >= 1/N)")
     gradient: Literal["flatten", "batch_mean"] = Field(
         "flatten", description="teacher gradients w.r.t. the batch's student logits: flatten = (B*C) vectors; "

@@ -16,6 +16,8 @@ from .weighted import WeightedKD
 
 
 class CAMKDSettings(KDSettings):
+    """Settings of ``camkd``: the KD settings and the extra feature/logit term."""
+
     feature_loss: Literal["hint", "logit", "none"] = Field(
         "hint", description="extra term: hint = smooth-L1 on pooled features, eqs. (8)-(10); logit = L2 on "
                             "logits, eqs. (11)-(13); none = KD only")

@@ -19,6 +19,8 @@ class KDSettings(StrategySettings):
 
 
 class HintonSettings(KDSettings):
+    """Settings of ``hinton``: the KD settings and the teacher to learn from."""
+
     teacher: int | None = Field(None, ge=0, description="index of the teacher (default: best dev macro-F1)")
 
 

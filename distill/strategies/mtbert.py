@@ -11,6 +11,8 @@ from .base import DistillStrategy, Needs, StrategySettings, register
 
 
 class MTBertSettings(StrategySettings):
+    """Settings of ``mtbert``: temperature, the weights of the three losses of eq. (3), eq. (2) weighting."""
+
     temperature: float = Field(1.0, gt=0, description="soft-label temperature t of eq. (2) (the paper uses 1)")
     w_hid: float = Field(1.0, ge=0, description="weight of the hidden loss L_hid, eq. (1); 0 disables it")
     w_kd: float = Field(1.0, ge=0, description="weight of the soft-label loss L_dis, eq. (2)")

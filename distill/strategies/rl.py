@@ -19,6 +19,8 @@ from .weighted import WeightedKD
 
 
 class RLSettings(KDSettings):
+    """Settings of ``rl``: the KD settings, the policy's optimiser, episodes, reward sample and baseline."""
+
     policy_lr: float = Field(1e-3, gt=0, description="learning rate of the policy network (Adam)")
     episode_steps: int = Field(25, ge=1, description="student steps per episode; the policy is updated after each")
     reward_texts: int = Field(256, ge=8, description="held-out dev texts the reward is measured on (fixed sample)")
@@ -148,6 +150,7 @@ class ReinforcedSelection(WeightedKD):
         return ctx.evaluate("dev", self.reward_rows)["loss"]
 
     def training_step(self, batch, ctx):
+        """The default step, plus the episode end (reward, REINFORCE) every ``episode_steps`` steps."""
         if self.prev_dev_ce is None:
             self.prev_dev_ce = self._dev_ce(ctx)
         out = super().training_step(batch, ctx)
@@ -189,6 +192,7 @@ class ReinforcedSelection(WeightedKD):
 
     # ---------------------------------------------------------------------------- checkpointed state
     def get_extra_state(self):
+        """Baseline, reward statistics and the open episode's buffer (checkpointed with the run)."""
         return {"baseline": self.baseline, "reward_var": self.reward_var, "prev_dev_ce": self.prev_dev_ce,
                 "rewards": list(self.rewards), "reward_rows": self.reward_rows,
                 "buffer_states": torch.cat(self.buffer_states) if self.buffer_states else None,
