@@ -21,7 +21,7 @@ from .weighted import WeightedKD
 class RLSettings(KDSettings):
     """Settings of ``rl``: the KD settings, the policy's optimiser, episodes, reward sample and baseline."""
 
-    policy_lr: float = Field(1e-3, gt=0, description="learning rate of the policy network (Adam)")
+    policy_lr: float = Field(1e-2, gt=0, description="learning rate of the policy network (Adam)")
     episode_steps: int = Field(25, ge=1, description="student steps per episode; the policy is updated after each")
     reward_texts: int = Field(256, ge=8, description="held-out dev texts the reward is measured on (fixed sample)")
     baseline_momentum: float = Field(0.9, ge=0, lt=1, description="momentum of the moving-average reward baseline")
