@@ -9,7 +9,7 @@ interrupted training phase from its last finished epoch):
    asked for the same teachers, data, split and settings;
 3. ``teacher_outputs``: one inference pass of the frozen teachers (dev/test logits for the metrics,
    and the teacher-output cache over the training split);
-4. ``student/<strategy>/seed<k>``: one phase per strategy (main + baselines) and seed;
+4. ``student/<strategy>/seed<k>``: one phase per strategy (main + baselines) and seed, seed-major;
 5. ``report``: ``report.json`` and ``report.md``.
 """
 
@@ -247,11 +247,13 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
                                                  layer_maps=P.layer_maps, token_level=P.token_level,
                                                  needs_layers=P.needs_layers, device=device, precision=precision)
 
-    results: dict[str, list[dict]] = {}
-    for strat in cfg.strategies:
-        results[strat] = [student_phase(cfg, P, strat, seed, teachers, tspecs, sspec, stok, provider, state, run_dir,
-                                        device, precision)
-                          for seed in [cfg.seed + k for k in range(cfg.repeats)]]
+    # seed-major order: a run stopped part-way has every strategy at its first seeds, not some
+    # strategies at all seeds and the rest at none (each student depends only on its own seed)
+    results: dict[str, list[dict]] = {strat: [] for strat in cfg.strategies}
+    for seed in [cfg.seed + k for k in range(cfg.repeats)]:
+        for strat in cfg.strategies:
+            results[strat].append(student_phase(cfg, P, strat, seed, teachers, tspecs, sspec, stok, provider, state,
+                                                run_dir, device, precision))
     timer.times["students"] = sum(r["train_seconds"] for rs in results.values() for r in rs)
 
     # the run's student: the main strategy's seed with the best dev macro-F1
