@@ -28,6 +28,7 @@ def _fail(e: Exception) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run folder to write (config, split, teachers, student, report)."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset: 'bbc' (built-in default, BBC News), 'ag_news', 'mind', or a path to a CSV/TSV/JSONL file, a folder <label>/<file>.txt, the AG News CSV or MIND news.tsv."),
     data_format: str = typer.Option("auto", "--format", help="auto | bbc | folder | agnews | mind | csv | tsv | jsonl."),
@@ -57,7 +58,7 @@ def run(
     student_epochs: int = typer.Option(3, help="Student training epochs."),
     student_lr: float = typer.Option(1e-4, help="Student encoder learning rate (AdamW)."),
     student_batch_size: int = typer.Option(16, help="Student batch size."),
-    repeats: int = typer.Option(1, help="Number of student seeds (seed, seed+1, ...); results as mean and std."),
+    repeats: int = typer.Option(1, help="Number of student seeds (seed, seed+1, ...); results as mean and std. With --resume it may change: more seeds are added to the run, fewer report the first ones."),
     set_: List[str] = typer.Option([], "--set", help="Strategy setting STRATEGY.FIELD=VALUE (repeatable), e.g. --set camkd.alpha=0.7 --set mtbert.w_hid=0.1; FIELD=VALUE sets it on every strategy of the run that has it. `distill strategies` lists them all."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
@@ -93,8 +94,12 @@ def run(
         settings=settings, device=device, precision=precision, threads=threads,
         teacher_cache=teacher_cache, cache_max_mb=cache_max_mb, out=str(out),
         teacher_store=str(teacher_store) if teacher_store else None)
+    # options a resumed run takes from the command line instead of its saved config (typer may
+    # ship its own copy of click, so the parameter source is compared by name)
+    source = ctx.get_parameter_source("repeats")
+    resume_changes = {"repeats"} if getattr(source, "name", None) == "COMMANDLINE" else set()
     try:
-        run_dir = run_job(cfg, resume=resume, overwrite=overwrite, verbose=verbose)
+        run_dir = run_job(cfg, resume=resume, overwrite=overwrite, verbose=verbose, resume_changes=resume_changes)
         ok = True
         if export:
             from export.onnx_export import export_run

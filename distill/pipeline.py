@@ -172,8 +172,16 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 # -------------------------------------------------------------------------------------------- run
-def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: bool = False) -> Path:
+RESUMABLE_CHANGES = frozenset({"repeats"})
+
+
+def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: bool = False,
+        resume_changes: set[str] | frozenset[str] = frozenset()) -> Path:
     """Run the whole job; returns the run folder.
+
+    With ``resume`` the saved config of the run folder wins, except for device, precision, threads
+    and the fields named in ``resume_changes`` (a subset of :data:`RESUMABLE_CHANGES`): a larger
+    ``repeats`` trains the extra seeds, a smaller one reports the first seeds only.
 
     Raises:
         DistillError: bad input or settings (before any long work), or an existing run folder
@@ -186,10 +194,12 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
         if resume and saved.is_file():
             old = RunConfig.from_dict(json.loads(saved.read_text()))
             if old.to_dict() != cfg.to_dict():
-                diff = sorted(k for k, v in cfg.to_dict().items() if old.to_dict()[k] != v and k not in ("device", "precision", "threads"))
+                taken = {"device", "precision", "threads"} | (set(resume_changes) & RESUMABLE_CHANGES)
+                diff = sorted(k for k, v in cfg.to_dict().items() if old.to_dict()[k] != v and k not in taken)
                 if diff:
                     log.warning("--resume: using the saved config of %s (ignoring changed options %s)", run_dir, diff)
-                old.device, old.precision, old.threads = cfg.device, cfg.precision, cfg.threads
+                for k in taken:
+                    setattr(old, k, getattr(cfg, k))
                 cfg = old
         elif overwrite:
             shutil.rmtree(run_dir)

@@ -69,6 +69,24 @@ def test_repeats_and_teacher_reuse(tmp_path, tiny_teachers, tiny_csv, tiny_run):
     assert "±" in (tmp_path / "r2" / "report.md").read_text()
 
 
+def test_resume_with_more_or_fewer_seeds(tmp_path, tiny_teachers, tiny_csv, tiny_run):
+    store = tiny_run.parent / ".teacher-store"
+    out = tmp_path / "seeds"
+    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="", teacher_store=store)
+    assert runner.invoke(app, args).exit_code == 0
+    first = (out / "students" / "mtbert-seed13" / "metrics.json").read_text()
+    res = runner.invoke(app, args + ["--resume", "--repeats", "2"])  # adds seed 14, keeps seed 13
+    assert res.exit_code == 0, res.output
+    assert (out / "students" / "mtbert-seed13" / "metrics.json").read_text() == first
+    r = json.loads((out / "report.json").read_text())
+    assert [run["seed"] for run in r["runs"]["mtbert"]] == [13, 14]
+    assert json.loads((out / "config.json").read_text())["repeats"] == 2
+    res = runner.invoke(app, args + ["--resume"])  # no --repeats: the saved 2 stand (the option's default is 1)
+    assert res.exit_code == 0 and len(json.loads((out / "report.json").read_text())["runs"]["mtbert"]) == 2
+    res = runner.invoke(app, args + ["--resume", "--repeats", "1"])  # report the first seed only
+    assert res.exit_code == 0 and [x["seed"] for x in json.loads((out / "report.json").read_text())["runs"]["mtbert"]] == [13]
+
+
 class Killed(RuntimeError):
     pass
 
