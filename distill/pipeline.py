@@ -193,14 +193,14 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
     if run_dir.exists() and any(run_dir.iterdir()):
         if resume and saved.is_file():
             old = RunConfig.from_dict(json.loads(saved.read_text()))
-            if old.to_dict() != cfg.to_dict():
-                taken = {"device", "precision", "threads"} | (set(resume_changes) & RESUMABLE_CHANGES)
-                diff = sorted(k for k, v in cfg.to_dict().items() if old.to_dict()[k] != v and k not in taken)
-                if diff:
-                    log.warning("--resume: using the saved config of %s (ignoring changed options %s)", run_dir, diff)
-                for k in taken:
-                    setattr(old, k, getattr(cfg, k))
-                cfg = old
+            taken = {"device", "precision", "threads"} | (set(resume_changes) & RESUMABLE_CHANGES)
+            was, now = old.to_dict(), cfg.to_dict()
+            diff = sorted(k for k, v in now.items() if was[k] != v and k not in taken)
+            if diff:
+                log.warning("--resume: using the saved config of %s (ignoring changed options %s)", run_dir, diff)
+            for k in taken:
+                setattr(old, k, getattr(cfg, k))
+            cfg = old
         elif overwrite:
             shutil.rmtree(run_dir)
         elif not resume:
