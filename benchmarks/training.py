@@ -102,7 +102,7 @@ def setup(run_dir: Path, report: dict) -> TrainContext:
 
 def cached_outputs(ctx: TrainContext) -> tuple[list[dict], dict]:
     """The run's teacher-output cache (logits, pooled features and, when the run's strategies need
-    them, mapped-layer states of the training split), via :func:`distill.pipeline.teacher_outputs_phase`.
+    them, mapped-layer states of the training split), via :func:`distill.teachers.teacher_outputs_phase`.
 
     The cache file in the run's teacher store is reused when present (``info["reused"]``);
     otherwise it is computed (one teacher pass over the training split; its time is ``load_s``).
@@ -110,7 +110,7 @@ def cached_outputs(ctx: TrainContext) -> tuple[list[dict], dict]:
     Returns:
         ``(per-teacher outputs, info)``; info has the cache mode, size (MB) and ``load_s`` (s).
     """
-    from distill.pipeline import teacher_outputs_phase
+    from distill.teachers import teacher_outputs_phase
 
     ctx.store.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

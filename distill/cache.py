@@ -3,7 +3,8 @@
 What is stored (schema version :data:`SCHEMA_VERSION`), per teacher ``i``:
 
 * ``t{i}.dev.logits`` / ``t{i}.test.logits``: (n_part, C) float32 (teacher and ensemble metrics);
-* ``t{i}.train.logits``: (n, C) float32 over the training split;
+* ``t{i}.train.logits``: (n, C) float32 over the training split followed by the transfer set
+  (:mod:`distill.transfer`; its texts' fingerprint is part of the file name);
 * ``t{i}.train.pooled``: (n, d_c) float32, the pooled head feature (the prediction layer's input);
 * ``t{i}.train.layer{k}``, k = 0..K-1 (only when a strategy needs mapped-layer states): the states of
   teacher layer ``layer_map[k]``, (n, max_length, d_i) float16 token states when the teacher's
@@ -131,9 +132,12 @@ class TeacherProvider:
         return TeacherSignals(torch.stack(all_logits), layers, torch.stack(all_pooled))
 
 
-def _key(K, token_level, layer_maps, layers: bool, cache: bool, dev, test) -> str:
-    return fingerprint({"schema": SCHEMA_VERSION, "K": K, "token_level": token_level, "layer_maps": layer_maps,
-                        "layers": layers, "cache": cache, "dev": dev, "test": test})
+def _key(K, token_level, layer_maps, layers: bool, cache: bool, dev, test, transfer: str | None) -> str:
+    key = {"schema": SCHEMA_VERSION, "K": K, "token_level": token_level, "layer_maps": layer_maps,
+           "layers": layers, "cache": cache, "dev": dev, "test": test}
+    if transfer and cache:  # a transfer set only changes what the training-split cache holds
+        key["transfer"] = transfer
+    return fingerprint(key)
 
 
 def _read(path: Path) -> dict | None:
@@ -153,12 +157,15 @@ def _read(path: Path) -> dict | None:
 
 
 def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_level, *, needs_layers: bool,
-                  use_cache: bool, device: str, batch_size: int, precision: str) -> tuple[list[dict], dict]:
+                  use_cache: bool, device: str, batch_size: int, precision: str, transfer_rows: list[int] = (),
+                  transfer_key: str | None = None) -> tuple[list[dict], dict]:
     """Teacher logits on dev/test and the training-split cache, from ``store`` or by one teacher pass.
 
     Args:
         split: an object with ``train``/``dev``/``test`` row lists.
         use_cache: False = only dev/test logits (teachers will run online during training).
+        transfer_rows: transfer-set rows (:mod:`distill.transfer`) cached after the training rows
+            (cache row k = ``(split.train + transfer_rows)[k]``); ``transfer_key`` fingerprints their texts.
 
     Returns:
         ``(per teacher {"dev", "test": (n, C) numpy; cache mode: "logits", "pooled", "layers"}, info)``
@@ -167,9 +174,10 @@ def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_
     from safetensors.torch import save_file
 
     args = (K, token_level, layer_maps)
-    candidates = [_key(*args, True, True, split.dev, split.test)] if use_cache else []
+    cache_rows = list(split.train) + list(transfer_rows)
+    candidates = [_key(*args, True, True, split.dev, split.test, transfer_key)] if use_cache else []
     if not (use_cache and needs_layers):
-        candidates.append(_key(*args, False, use_cache, split.dev, split.test))
+        candidates.append(_key(*args, False, use_cache, split.dev, split.test, transfer_key))
     flat, path = None, store / f"outputs-{candidates[0]}.safetensors"
     for key in candidates:
         flat = _read(store / f"outputs-{key}.safetensors")
@@ -179,14 +187,15 @@ def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_
             break
     reused = flat is not None
     if flat is None:
-        path = store / f"outputs-{_key(*args, needs_layers and use_cache, use_cache, split.dev, split.test)}.safetensors"
+        key = _key(*args, needs_layers and use_cache, use_cache, split.dev, split.test, transfer_key)
+        path = store / f"outputs-{key}.safetensors"
         flat = {}
         for i, (t, tk) in enumerate(zip(teachers, toks)):
             for part in ("dev", "test"):
                 flat[f"t{i}.{part}.logits"] = teacher_outputs(t, tk, getattr(split, part), None, False, device,
                                                               batch_size, precision, f"teacher {i} {part}")["logits"]
             if use_cache:
-                o = teacher_outputs(t, tk, split.train, layer_maps[i] if needs_layers else None, token_level[i],
+                o = teacher_outputs(t, tk, cache_rows, layer_maps[i] if needs_layers else None, token_level[i],
                                     device, batch_size, precision, f"teacher {i} cache")
                 flat[f"t{i}.train.logits"] = o["logits"]
                 flat[f"t{i}.train.pooled"] = o["pooled"]

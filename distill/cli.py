@@ -40,6 +40,8 @@ def run(
     test_frac: float = typer.Option(0.2, help="Fraction of each class in the test part."),
     train_cap: Optional[int] = typer.Option(None, help="Cap the training part at this many examples (stratified sample)."),
     max_length: int = typer.Option(64, help="Max tokens per text (longer texts are truncated; 64 keeps the default job inside its CPU budget, news topics are decided early in a text)."),
+    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="Transfer set: unlabelled in-domain texts the teachers label for the student (CSV/TSV/JSONL read with --text-col, a .txt file with one text per line, or any --data format; labels ignored). Texts equal to a dev/test text are refused."),
+    unlabeled_from_train: int = typer.Option(0, "--unlabeled-from-train", help="Transfer set from the data: N training-part texts that --train-cap leaves out, without their labels (-1 = all of them)."),
     teacher: List[str] = typer.Option(["sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"], "--teacher", "-t", help="Teacher encoder: Hugging Face hub id (resolved offline from the HF cache or packaged copies) or local folder. Repeat for several."),
     teacher_mode: str = typer.Option("joint", help="joint = MT-BERT co-finetuning through one shared head; independent = each teacher its own head (ablation)."),
     teacher_epochs: int = typer.Option(1, help="Co-finetuning epochs."),
@@ -84,7 +86,8 @@ def run(
         _fail(e)
     cfg = RunConfig(
         data=data, data_format=data_format, text_cols=list(text_col), label_col=label_col, id_col=id_col, seed=seed,
-        dev_frac=dev_frac, test_frac=test_frac, train_cap=train_cap, max_length=max_length, teachers=list(teacher),
+        dev_frac=dev_frac, test_frac=test_frac, train_cap=train_cap, max_length=max_length, unlabeled=unlabeled,
+        unlabeled_from_train=unlabeled_from_train, teachers=list(teacher),
         teacher_mode=teacher_mode, teacher_epochs=teacher_epochs, teacher_lr=teacher_lr,
         teacher_train_layers=teacher_train_layers, teacher_batch_size=teacher_batch_size, head_lr=head_lr,
         head_dim=head_dim, pooling=pooling, trust_remote_code=trust_remote_code, student=student,

@@ -26,6 +26,9 @@ class RunConfig:
     test_frac: float = 0.2
     train_cap: int | None = None
     max_length: int = 64
+    # transfer set (unlabelled texts the teachers label; see distill/transfer.py)
+    unlabeled: str | None = None
+    unlabeled_from_train: int = 0
     # teachers
     teachers: list[str] = field(default_factory=lambda: [MINILM, MPNET])
     teacher_mode: str = "joint"
@@ -114,7 +117,8 @@ class RunConfig:
                   ("student_epochs", self.student_epochs >= 1), ("repeats", self.repeats >= 1),
                   ("teacher_batch_size", self.teacher_batch_size >= 1),
                   ("student_batch_size", self.student_batch_size >= 1), ("train_cap", self.train_cap is None or self.train_cap >= 2),
-                  ("student_layers", self.student_layers is None or self.student_layers >= 1)]
+                  ("student_layers", self.student_layers is None or self.student_layers >= 1),
+                  ("unlabeled_from_train", self.unlabeled_from_train >= -1)]
         for name, ok in checks:
             if not ok:
                 raise DistillError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r}.")

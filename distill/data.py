@@ -61,7 +61,8 @@ class TextDataset:
 
 
 def _finish(ids, texts, raw_labels, source, label_names=None, where=None) -> TextDataset:
-    """Validate texts, map raw labels to ids and build the dataset."""
+    """Validate texts, map raw labels to ids and build the dataset (``raw_labels=None``: unlabelled,
+    every label -1 and no label names)."""
     if not texts:
         raise DistillError(f"{source}: no rows were read. Check the path and the file format.")
     for i, t in enumerate(texts):
@@ -71,6 +72,9 @@ def _finish(ids, texts, raw_labels, source, label_names=None, where=None) -> Tex
                 f"{source}: empty text at {loc} (id {ids[i]!r}). Remove the row or choose other "
                 "text columns with --text-col."
             )
+    if raw_labels is None:
+        return TextDataset(ids=list(ids), texts=[t.strip() for t in texts], labels=[-1] * len(texts),
+                           label_names=[], source=source)
     if label_names is None:
         label_names = sorted({str(x) for x in raw_labels})
     index = {n: i for i, n in enumerate(label_names)}
@@ -146,7 +150,7 @@ def _resolve_col(col: str, header: list[str] | None, ncols: int, path: Path, fla
 def load_table(
     path: str | Path,
     text_cols: Sequence[str] = ("text",),
-    label_col: str = "label",
+    label_col: str | None = "label",
     id_col: str | None = None,
     delimiter: str | None = None,
     header: bool = True,
@@ -159,7 +163,8 @@ def load_table(
         path: ``.csv``, ``.tsv`` or ``.jsonl``/``.json`` (one JSON object per line).
         text_cols: column name(s) or 0-based indices joined (with ``joiner``) into the text,
             e.g. ``("title", "abstract")``.
-        label_col: column holding the label (a name, or an index into ``label_names``).
+        label_col: column holding the label (a name, or an index into ``label_names``); None reads
+            the texts only (labels -1, see :func:`_finish`).
         id_col: optional id column; default is the 1-based row number.
         delimiter: override the delimiter implied by the extension.
         header: whether a CSV/TSV has a header row (columns may then be addressed by name).
@@ -189,18 +194,18 @@ def load_table(
         if not rows:
             raise DistillError(f"{path}: the file has no rows.")
         keys = list(rows[0].keys())
-        for c in list(text_cols) + [label_col] + ([id_col] if id_col else []):
+        for c in list(text_cols) + ([label_col] if label_col else []) + ([id_col] if id_col else []):
             if c not in keys:
                 raise DistillError(f"{path}: unknown field {c!r}; the first object has fields {keys}. "
                                    "Use --text-col/--label-col/--id-col.")
         ids, texts, labs, where = [], [], [], []
         for n, r in enumerate(rows, 1):
-            missing = [c for c in list(text_cols) + [label_col] if c not in r]
+            missing = [c for c in list(text_cols) + ([label_col] if label_col else []) if c not in r]
             if missing:
                 raise DistillError(f"{path}: object {n} has no field {missing[0]!r}.")
             ids.append(str(r[id_col]) if id_col else str(n))
             texts.append(joiner.join(str(r[c] or "").strip() for c in text_cols if str(r[c] or "").strip()))
-            labs.append(r[label_col])
+            labs.append(r[label_col] if label_col else None)
             where.append(f"line {n}")
     else:
         delim = delimiter or ("\t" if ext == ".tsv" else ",")
@@ -213,17 +218,19 @@ def load_table(
         body = all_rows[1:] if header else all_rows
         ncols = len(all_rows[0])
         tix = [_resolve_col(c, head, ncols, path, "--text-col") for c in text_cols]
-        lix = _resolve_col(label_col, head, ncols, path, "--label-col")
+        lix = _resolve_col(label_col, head, ncols, path, "--label-col") if label_col else None
         iix = _resolve_col(id_col, head, ncols, path, "--id-col") if id_col else None
         ids, texts, labs, where = [], [], [], []
         first = 2 if header else 1
         for n, r in enumerate(body, first):
-            if len(r) <= max(tix + [lix] + ([iix] if iix is not None else [])):
+            if len(r) <= max(tix + [x for x in (lix, iix) if x is not None]):
                 raise DistillError(f"{path}: row {n} has {len(r)} columns, expected {ncols}.")
             ids.append(r[iix] if iix is not None else str(n))
             texts.append(joiner.join(r[i].strip() for i in tix if r[i].strip()))
-            labs.append(r[lix])
+            labs.append(r[lix] if lix is not None else None)
             where.append(f"row {n}")
+    if label_col is None:
+        return _finish(ids, texts, None, source=str(path), where=where)
     if label_names is not None:
         # numeric labels may index into the given names (1-based if no 0 appears)
         names = list(label_names)
@@ -334,6 +341,7 @@ class Split:
     seed: int
     fractions: tuple[float, float, float]
     train_cap: int | None = None
+    spare: list[int] = field(default_factory=list)  # training-part rows left out by train_cap
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "dev": len(self.dev), "test": len(self.test)}
@@ -354,7 +362,8 @@ def stratified_split(
     every part). Classes with fewer than ``min_per_class`` (3) rows cannot appear in all three parts.
 
     Args:
-        train_cap: keep at most this many training rows, sampled stratified (dev/test untouched).
+        train_cap: keep at most this many training rows, sampled stratified (dev/test untouched); the
+            rows left out are recorded in ``Split.spare`` (a transfer set may use their texts).
 
     Raises:
         DistillError: a label has too few examples for the split (names the label and the count).
@@ -384,10 +393,12 @@ def stratified_split(
         test += ix[:n_test]
         dev += ix[n_test:n_test + n_dev]
         train += ix[n_test + n_dev:]
+    spare: list[int] = []
     if train_cap is not None and train_cap < len(train):
-        train = _stratified_sample(train, labels, train_cap, rng)
+        kept = _stratified_sample(train, labels, train_cap, rng)
+        spare, train = sorted(set(train) - set(kept)), kept
     return Split(sorted(train), sorted(dev), sorted(test), seed, (1 - dev_frac - test_frac, dev_frac, test_frac),
-                 train_cap)
+                 train_cap, spare)
 
 
 def _stratified_sample(ix: list[int], labels: Sequence[int], k: int, rng: random.Random) -> list[int]:

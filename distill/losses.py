@@ -25,18 +25,42 @@ def soft_cross_entropy(target_probs: torch.Tensor, student_logits: torch.Tensor,
     return ce.mean() if reduction == "mean" else ce
 
 
+#: Label id of a transfer-set text (no gold label; see :mod:`distill.transfer`).
+UNLABELED = -1
+
+
 def task_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Task loss ``CE(y, y_s)`` on gold labels, MT-BERT eq. (3). Shapes (B, C), (B,)."""
-    return F.cross_entropy(student_logits, labels)
+    """Task loss ``CE(y, y_s)`` on gold labels, MT-BERT eq. (3), averaged over the labelled rows of
+    the batch; rows labelled :data:`UNLABELED` (-1, transfer-set texts) are left out, and a batch
+    without any labelled row gives 0 (still attached to the graph). Shapes (B, C), (B,)."""
+    known = labels != UNLABELED
+    if bool(known.all()):
+        return F.cross_entropy(student_logits, labels)
+    if not bool(known.any()):
+        return student_logits.sum() * 0.0
+    return F.cross_entropy(student_logits[known], labels[known])
+
+
+def pseudo_labels(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Gold labels, with every :data:`UNLABELED` row replaced by the teacher ensemble's prediction
+    ``argmax_c (1/N) sum_i softmax(z_i)_c`` (the rule every gold-label teacher weight uses on
+    transfer-set texts). Shapes: (N, B, C), (B,) -> (B,) int64."""
+    unknown = labels == UNLABELED
+    if not bool(unknown.any()):
+        return labels
+    ens = F.softmax(teacher_logits.float(), dim=-1).mean(0).argmax(-1)
+    return torch.where(unknown, ens, labels)
 
 
 def teacher_gold_ce(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Each teacher's per-sample loss on the gold label ``CE(y, y_i)`` (T = 1).
+    """Each teacher's per-sample loss on the gold label ``CE(y, y_i)`` (T = 1). On transfer-set
+    texts (label -1) ``y`` is the ensemble's prediction (:func:`pseudo_labels`).
 
     Shapes: (N, B, C), (B,) -> (N, B).
     """
+    y = pseudo_labels(teacher_logits, labels)
     logp = F.log_softmax(teacher_logits.float(), dim=-1)
-    return -logp.gather(-1, labels.view(1, -1, 1).expand(logp.shape[0], -1, 1)).squeeze(-1)
+    return -logp.gather(-1, y.view(1, -1, 1).expand(logp.shape[0], -1, 1)).squeeze(-1)
 
 
 def mtbert_distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

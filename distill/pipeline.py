@@ -21,7 +21,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import cache as teacher_cache
@@ -30,15 +29,16 @@ from .data import TextDataset, load_dataset, stratified_split
 from .device import resolve_device, resolve_precision
 from .errors import DistillError
 from .hub import check_safetensors, resolve_model
-from .metrics import classification_metrics, predict_logits, softmax_np
+from .metrics import classification_metrics, predict_logits
 from .modeling import count_params, layer_map, save_classifier, weights_size_mb
 from .report import build_report, render_markdown
 from .runio import (RunState, atomic_dir, atomic_write_json, atomic_write_text, check_writable, link_or_copy_tree,
                     load_checkpoint, save_checkpoint)
 from .strategies import build_strategy
 from .students import Evaluator, build_student, fit_settings, specs, teacher_weight_summary, train_student
-from .teachers import get_teachers, teacher_fingerprint
+from .teachers import get_teachers, teacher_fingerprint, teacher_outputs_phase, teacher_report
 from .tokens import Tokenized, same_tokenization
+from .transfer import TransferSet, build_transfer, masked_labels
 
 log = logging.getLogger("distill")
 
@@ -98,6 +98,8 @@ class Prepared:
     layer_maps: list[list[int]]
     head_dim: int
     needs_layers: bool
+    transfer: TransferSet
+    train_labels: list[int]
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -112,6 +114,8 @@ def prepare(cfg: RunConfig) -> Prepared:
     P = Prepared()
     P.ds = load_dataset(cfg.data, cfg.data_format, cfg.text_cols, cfg.label_col, cfg.id_col)
     P.split = stratified_split(P.ds.labels, P.ds.label_names, cfg.seed, cfg.dev_frac, cfg.test_frac, cfg.train_cap)
+    P.ds, P.transfer = build_transfer(P.ds, P.split, cfg.unlabeled, cfg.unlabeled_from_train, cfg.text_cols, cfg.seed)
+    P.train_labels = masked_labels(P.ds, P.transfer)
     P.teacher_paths, P.teacher_cfgs, P.teacher_toks = [], [], []
     for name in cfg.teachers:
         p = resolve_model(name, "teacher")
@@ -223,10 +227,14 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
         "seed": cfg.seed, "fractions": P.split.fractions, "train_cap": cfg.train_cap, "sizes": P.split.sizes(),
         "source": P.ds.source, "label_names": P.ds.label_names,
         "class_counts": {part: P.ds.subset(getattr(P.split, part)).class_counts() for part in ("train", "dev", "test")},
-        "ids": {part: [P.ds.ids[i] for i in getattr(P.split, part)] for part in ("train", "dev", "test")}})
+        "ids": {part: [P.ds.ids[i] for i in getattr(P.split, part)] for part in ("train", "dev", "test")},
+        "transfer": dict(P.transfer.describe(), ids=[P.ds.ids[i] for i in P.transfer.rows])})
     atomic_write_json(run_dir / "labels.json", {"label_names": P.ds.label_names})
     log.info("data: %s, %d rows, %d classes; split %s (seed %d)", P.ds.source, len(P.ds), len(P.ds.label_names),
              P.split.sizes(), cfg.seed)
+    if P.transfer.rows:
+        log.info("transfer set: %d unlabelled texts (%d from the training part, %d from %s)", len(P.transfer.rows),
+                 P.transfer.from_train, P.transfer.from_file, P.transfer.source)
     log.info("device %s, precision %s, %d threads", device, precision, torch.get_num_threads())
 
     with timer("tokenize"):
@@ -249,11 +257,12 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
 
     teacher_metrics, ens, ens_params = teacher_report(cfg, P, teachers, outs, run_dir)
     tspecs, sspec = specs(cfg, P, [m["dev"]["macro_f1"] for m in teacher_metrics])
+    cache_rows = P.split.train + P.transfer.rows
     if cache_info["mode"] == "cache":
-        provider = teacher_cache.TeacherProvider(P.split.train, cached=outs, token_level=P.token_level,
+        provider = teacher_cache.TeacherProvider(cache_rows, cached=outs, token_level=P.token_level,
                                                  needs_layers=P.needs_layers, device=device)
     else:
-        provider = teacher_cache.TeacherProvider(P.split.train, teachers=teachers, toks=toks,
+        provider = teacher_cache.TeacherProvider(cache_rows, teachers=teachers, toks=toks,
                                                  layer_maps=P.layer_maps, token_level=P.token_level,
                                                  needs_layers=P.needs_layers, device=device, precision=precision)
 
@@ -287,54 +296,6 @@ def student_tokenization(P: Prepared, toks: list[Tokenized], max_length: int) ->
         or Tokenized(P.student_tok, P.ds.texts, max_length)
 
 
-def teacher_outputs_phase(cfg: RunConfig, P: Prepared, teachers, toks, store: Path, needs_layers: bool, device: str,
-                          precision: str) -> tuple[list[dict], dict]:
-    """Teacher logits on dev/test and the training-split cache (see :mod:`distill.cache`).
-
-    Returns ``(per-teacher outputs, info)``; info has the cache mode (``cache``/``online``), the
-    estimated and actual size (MB), the limit, the schema version and whether the file was reused.
-    """
-    est = teacher_cache.estimate_cache_mb(len(P.split.train), [c.hidden_size for c in P.teacher_cfgs], P.head_dim,
-                                          P.K, P.token_level, cfg.max_length, len(P.ds.label_names), needs_layers)
-    use_cache = cfg.teacher_cache and est <= cfg.cache_max_mb
-    if cfg.teacher_cache and not use_cache:
-        log.warning("teacher-output cache would take %.0f MB > --cache-max-mb %.0f: teachers run at every "
-                    "student step instead (slower, same result)", est, cfg.cache_max_mb)
-    outs, info = teacher_cache.load_or_build(store, teachers, toks, P.split, P.K, P.layer_maps, P.token_level,
-                                             needs_layers=needs_layers, use_cache=use_cache, device=device,
-                                             batch_size=cfg.eval_batch_size, precision=precision)
-    return outs, dict(info, mode="cache" if use_cache else "online", estimated_mb=round(est, 1),
-                      limit_mb=cfg.cache_max_mb)
-
-
-def teacher_report(cfg: RunConfig, P: Prepared, teachers, outs: list[dict], run_dir: Path):
-    """Dev/test metrics, sizes and layer maps of every teacher and of the ensemble (mean of probabilities).
-
-    Returns ``(teacher metrics, ensemble metrics, ensemble parameter count)``; teachers co-finetuned
-    jointly share one head, counted once.
-    """
-    C = len(P.ds.label_names)
-    y = {part: [P.ds.labels[i] for i in getattr(P.split, part)] for part in ("dev", "test")}
-    metrics = []
-    for i, t in enumerate(teachers):
-        metrics.append({
-            "name": cfg.teachers[i], "model_type": P.teacher_cfgs[i].model_type,
-            "layers": P.teacher_cfgs[i].num_hidden_layers, "hidden_size": P.teacher_cfgs[i].hidden_size,
-            "params": count_params(t), "file_mb": round(weights_size_mb(run_dir / "teachers" / f"teacher_{i}"), 2),
-            "token_level_hidden_loss": P.token_level[i], "layer_map": P.layer_maps[i],
-            "dev": classification_metrics(outs[i]["dev"], y["dev"], C),
-            "test": classification_metrics(outs[i]["test"], y["test"], C)})
-    ens = {part: classification_metrics(np.mean([softmax_np(o[part]) for o in outs], 0), y[part], C)
-           for part in ("dev", "test")}
-    ens_params = sum(m["params"] for m in metrics)
-    if cfg.teacher_mode == "joint":
-        ens_params -= (len(teachers) - 1) * count_params(teachers[0].head)
-    for m in metrics:
-        log.info("teacher %s: test acc %.2f macro-F1 %.2f", m["name"], m["test"]["accuracy"], m["test"]["macro_f1"])
-    log.info("ensemble: test acc %.2f macro-F1 %.2f", ens["test"]["accuracy"], ens["test"]["macro_f1"])
-    return metrics, ens, ens_params
-
-
 def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, tspecs, sspec, stok, provider,
                   state: RunState, run_dir: Path, device: str, precision: str) -> dict:
     """Phase ``student/<strategy>/seed<k>``: train (or resume) one student, evaluate it on dev and
@@ -352,8 +313,10 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
         log.info("resuming %s after epoch %d", phase, len(resume_state["logs"]))
     evaluate = Evaluator(student, stok, P.ds.labels, {"dev": P.split.dev}, C, device, cfg.eval_batch_size,
                               precision)
+    # strategies that learn from teachers also train on the transfer set (task loss on labelled rows only)
+    rows = P.split.train + (P.transfer.rows if strategy.needs.teachers else [])
     t0 = time.perf_counter()
-    result = train_student(student, strategy, stok, P.ds.labels, P.split.train, provider, fit_settings(cfg, seed),
+    result = train_student(student, strategy, stok, P.train_labels, rows, provider, fit_settings(cfg, seed),
                            device=device, precision=precision, evaluate=evaluate,
                            checkpoint=lambda st: save_checkpoint(ckpt, st), resume_state=resume_state)
     train_s = time.perf_counter() - t0
@@ -365,8 +328,9 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
               for part in ("dev", "test")},
            "epochs": [vars(e) for e in result.logs], "train_seconds": train_s, "params": count_params(student),
            "teacher_signal": provider.mode if strategy.needs.teachers else "none",
+           "train_texts": {"labelled": len(P.split.train), "transfer": len(rows) - len(P.split.train)},
            "teacher_weights": teacher_weight_summary(result.weights.per_text(),
-                                                     [P.ds.labels[r] for r in P.split.train], P.ds.label_names,
+                                                     [P.train_labels[r] for r in rows], P.ds.label_names,
                                                      cfg.teachers)}
     if strat == cfg.strategy:
         with atomic_dir(sdir / "model") as tmp:

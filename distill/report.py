@@ -59,7 +59,8 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         "config": cfg.to_dict(),
         "data": {"source": P.ds.source, "rows": len(P.ds), "label_names": P.ds.label_names,
                  "split": {"seed": cfg.seed, "sizes": P.split.sizes(), "fractions": P.split.fractions,
-                           "train_cap": cfg.train_cap}},
+                           "train_cap": cfg.train_cap},
+                 "transfer": P.transfer.describe()},
         "teachers": teacher_metrics,
         "teacher_training": teacher_rec,
         "teacher_store": str(store),
@@ -106,6 +107,14 @@ def render_markdown(r: dict) -> str:
     L.append(f"**Split:** seed {sp['seed']}, train/dev/test = {sp['sizes']['train']}/{sp['sizes']['dev']}/"
              f"{sp['sizes']['test']} (stratified; fractions {', '.join(f'{x:.2f}' for x in sp['fractions'])}"
              f"{'; training part capped at ' + str(sp['train_cap']) if sp['train_cap'] else ''}); ids in `split.json`.  ")
+    tr = d.get("transfer") or {}
+    if tr.get("texts"):
+        src = " + ".join(x for x in (f"{tr['from_train']} training-part texts without labels" if tr["from_train"] else "",
+                                     f"{tr['from_file']} from `{tr['source']}`" if tr["from_file"] else "") if x)
+        L.append(f"**Transfer set:** {tr['texts']} unlabelled texts ({src}); the teachers label them and every "
+                 "strategy that learns from teachers trains on them with the KD/hidden losses (task loss on labelled "
+                 "texts only; gold-label teacher weights use the ensemble's prediction there)"
+                 f"{'; ' + str(tr['skipped_held_out_duplicates']) + ' skipped as duplicates of dev/test texts' if tr['skipped_held_out_duplicates'] else ''}.  ")
     L.append(f"**Max length:** {cfg['max_length']} tokens. **Seeds:** {cfg['repeats']} "
              f"(students; teachers finetuned once).\n")
 

@@ -97,7 +97,8 @@ def teacher_weight_summary(per_text: np.ndarray | None, labels: list[int], label
 
     Args:
         per_text: (n, N) mean weight of each teacher for every training text (NaN rows = never seen).
-        labels: the n texts' gold class ids.
+        labels: the n texts' gold class ids (-1 for transfer-set texts: counted in ``mean`` and
+            ``dominant_share``, in no class of ``per_class``).
 
     Returns:
         ``{"teachers", "mean": [N], "per_class": {label: [N]}, "dominant_share": [N], "texts": n}``:

@@ -15,10 +15,14 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from .modeling import ClassificationHead, EncoderClassifier, load_classifier, load_encoder, save_classifier
+from . import cache as teacher_cache
+from .metrics import classification_metrics, softmax_np
+from .modeling import (ClassificationHead, EncoderClassifier, count_params, load_classifier, load_encoder,
+                       save_classifier, weights_size_mb)
 from .runio import atomic_dir, atomic_write_json, fingerprint, load_checkpoint, save_checkpoint
 from .trainer import Batch, FitSettings, StepContext, adamw, fit
 
@@ -152,3 +156,54 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
     atomic_write_json(done, rec)
     ckpt.unlink(missing_ok=True)
     return teachers, rec
+
+
+def teacher_outputs_phase(cfg, P, teachers, toks, store: Path, needs_layers: bool, device: str,
+                          precision: str) -> tuple[list[dict], dict]:
+    """Teacher logits on dev/test and the cache over the training split and the transfer set
+    (see :mod:`distill.cache`).
+
+    Returns ``(per-teacher outputs, info)``; info has the cache mode (``cache``/``online``), the
+    estimated and actual size (MB), the limit, the schema version and whether the file was reused.
+    """
+    est = teacher_cache.estimate_cache_mb(len(P.split.train) + len(P.transfer.rows),
+                                          [c.hidden_size for c in P.teacher_cfgs], P.head_dim, P.K, P.token_level,
+                                          cfg.max_length, len(P.ds.label_names), needs_layers)
+    use_cache = cfg.teacher_cache and est <= cfg.cache_max_mb
+    if cfg.teacher_cache and not use_cache:
+        log.warning("teacher-output cache would take %.0f MB > --cache-max-mb %.0f: teachers run at every "
+                    "student step instead (slower, same result)", est, cfg.cache_max_mb)
+    outs, info = teacher_cache.load_or_build(store, teachers, toks, P.split, P.K, P.layer_maps, P.token_level,
+                                             needs_layers=needs_layers, use_cache=use_cache, device=device,
+                                             batch_size=cfg.eval_batch_size, precision=precision,
+                                             transfer_rows=P.transfer.rows, transfer_key=P.transfer.key(P.ds))
+    return outs, dict(info, mode="cache" if use_cache else "online", estimated_mb=round(est, 1),
+                      limit_mb=cfg.cache_max_mb)
+
+
+def teacher_report(cfg, P, teachers, outs: list[dict], run_dir: Path):
+    """Dev/test metrics, sizes and layer maps of every teacher and of the ensemble (mean of probabilities).
+
+    Returns ``(teacher metrics, ensemble metrics, ensemble parameter count)``; teachers co-finetuned
+    jointly share one head, counted once.
+    """
+    C = len(P.ds.label_names)
+    y = {part: [P.ds.labels[i] for i in getattr(P.split, part)] for part in ("dev", "test")}
+    metrics = []
+    for i, t in enumerate(teachers):
+        metrics.append({
+            "name": cfg.teachers[i], "model_type": P.teacher_cfgs[i].model_type,
+            "layers": P.teacher_cfgs[i].num_hidden_layers, "hidden_size": P.teacher_cfgs[i].hidden_size,
+            "params": count_params(t), "file_mb": round(weights_size_mb(run_dir / "teachers" / f"teacher_{i}"), 2),
+            "token_level_hidden_loss": P.token_level[i], "layer_map": P.layer_maps[i],
+            "dev": classification_metrics(outs[i]["dev"], y["dev"], C),
+            "test": classification_metrics(outs[i]["test"], y["test"], C)})
+    ens = {part: classification_metrics(np.mean([softmax_np(o[part]) for o in outs], 0), y[part], C)
+           for part in ("dev", "test")}
+    ens_params = sum(m["params"] for m in metrics)
+    if cfg.teacher_mode == "joint":
+        ens_params -= (len(teachers) - 1) * count_params(teachers[0].head)
+    for m in metrics:
+        log.info("teacher %s: test acc %.2f macro-F1 %.2f", m["name"], m["test"]["accuracy"], m["test"]["macro_f1"])
+    log.info("ensemble: test acc %.2f macro-F1 %.2f", ens["test"]["accuracy"], ens["test"]["macro_f1"])
+    return metrics, ens, ens_params

@@ -1,0 +1,181 @@
+"""The transfer set: unlabelled in-domain texts that the teachers label for the student.
+
+Knowledge distillation does not need gold labels, only texts the teachers can label (DistilBERT,
+TinyBERT; SetFit's distillation guide). ``distill run`` takes them from
+
+* ``--unlabeled PATH``: a file in any format the data loaders read (CSV/TSV/JSONL with the run's
+  ``--text-col``, a ``<label>/<file>.txt`` folder, the AG News CSV, MIND ``news.tsv``) or a ``.txt``
+  file with one text per line; a label column, if present, is ignored;
+* ``--unlabeled-from-train N``: N texts of the training part that ``--train-cap`` left out of the
+  labelled set, without their labels (for experiments; ``-1`` takes them all).
+
+The teachers label the transfer set once (soft labels and the states a strategy needs, in the
+teacher-output cache). Students of strategies that learn from teachers train on labelled and
+transfer texts together: the task loss on the labelled ones only, the KD and hidden losses on both
+(:data:`distill.losses.UNLABELED` marks a transfer text's label). A teacher weight that needs a gold
+label uses the ensemble's prediction on transfer texts (:func:`distill.losses.pseudo_labels`).
+
+Texts identical to a dev or test text (after collapsing whitespace) would leak held-out data into
+training: a file containing one is refused; rows of the training part with such a text are skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .data import Split, TextDataset, _finish, detect_format, load_dataset, load_table
+from .errors import DistillError
+from .losses import UNLABELED
+from .runio import fingerprint
+
+log = logging.getLogger("distill")
+
+
+@dataclass
+class TransferSet:
+    """The unlabelled rows a run trains its students on (indices into the run's dataset).
+
+    Attributes:
+        rows: dataset rows of the transfer set (training-part rows first, then the file's texts).
+        from_train: how many come from the training part (``--unlabeled-from-train``).
+        from_file: how many come from ``--unlabeled``.
+        source: the ``--unlabeled`` file, or None.
+        skipped_held_out: training-part texts skipped because dev or test holds the same text.
+    """
+
+    rows: list[int] = field(default_factory=list)
+    from_train: int = 0
+    from_file: int = 0
+    source: str | None = None
+    skipped_held_out: int = 0
+
+    def key(self, ds: TextDataset) -> str | None:
+        """Fingerprint of the transfer texts (None when empty): part of the teacher-output cache key."""
+        return fingerprint([ds.texts[r] for r in self.rows]) if self.rows else None
+
+    def describe(self) -> dict:
+        """The record written to ``split.json`` and the report."""
+        return {"texts": len(self.rows), "from_train": self.from_train, "from_file": self.from_file,
+                "source": self.source, "skipped_held_out_duplicates": self.skipped_held_out}
+
+
+def normalize(text: str) -> str:
+    """The form two texts are compared in for the duplicate check: whitespace collapsed, case kept."""
+    return " ".join(text.split())
+
+
+def _table_columns(path: Path) -> list[str]:
+    """Column names of a CSV/TSV header row or of the first JSONL object ([] when unreadable)."""
+    with path.open(encoding="utf-8", newline="") as fh:
+        if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+            for line in fh:
+                if line.strip():
+                    try:
+                        obj = json.loads(line)
+                    except json.JSONDecodeError:
+                        return []
+                    return list(obj) if isinstance(obj, dict) else []
+            return []
+        delim = "\t" if path.suffix.lower() == ".tsv" else ","
+        return next(csv.reader(fh, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL),
+                    [])
+
+
+def read_texts(path: str | Path, text_cols: Sequence[str] = ("text",), label_col: str | None = None,
+               id_col: str | None = None, fmt: str = "auto") -> TextDataset:
+    """Texts to label from ``path``, in any format :func:`distill.data.load_dataset` reads, or a
+    ``.txt`` file with one text per line (blank lines skipped; ids are line numbers).
+
+    Labels are kept when ``label_col`` is given and the file has it (built-in formats always have
+    them); otherwise every label is -1 and ``label_names`` is empty.
+
+    Raises:
+        DistillError: missing file, unknown text column, empty text (naming the row).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DistillError(f"{p}: file not found. Give a CSV/TSV/JSONL file, a .txt file (one text per line) "
+                           "or a folder of <label>/<file>.txt.")
+    if p.is_file() and (fmt == "lines" or (fmt == "auto" and p.suffix.lower() == ".txt")):
+        ids, texts = [], []
+        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                ids.append(str(n))
+                texts.append(line)
+        return _finish(ids, texts, None, source=str(p))
+    kind = detect_format(p) if fmt == "auto" else fmt
+    if kind in ("table", "csv", "tsv", "jsonl"):
+        has_label = label_col is not None and (label_col in _table_columns(p) or label_col.isdigit())
+        return load_table(p, text_cols=text_cols, label_col=label_col if has_label else None, id_col=id_col,
+                          delimiter="\t" if kind == "tsv" else None)
+    ds = load_dataset(str(p), kind, text_cols, label_col or "label", id_col)
+    if label_col is None:
+        ds.labels, ds.label_names = [UNLABELED] * len(ds), []
+    return ds
+
+
+def build_transfer(ds: TextDataset, split: Split, unlabeled: str | None, from_train: int, text_cols: Sequence[str],
+                   seed: int) -> tuple[TextDataset, TransferSet]:
+    """The run's transfer set; the file's texts are appended to the dataset (label -1).
+
+    Args:
+        from_train: N training-part texts left out by ``--train-cap`` (seeded sample with ``seed``;
+            -1 = all of them; 0 = none).
+
+    Returns:
+        ``(dataset, transfer set)``; the dataset is ``ds`` itself when no file is given.
+
+    Raises:
+        DistillError: ``--unlabeled-from-train`` larger than what ``--train-cap`` left out (or no cap),
+            an unreadable file, or a file text that equals a dev/test text (naming the row).
+    """
+    ts = TransferSet()
+    if not unlabeled and not from_train:
+        return ds, ts
+    held = {}
+    for part in ("test", "dev"):
+        for r in getattr(split, part):
+            held[normalize(ds.texts[r])] = (part, r)
+    if from_train:
+        pool = [r for r in split.spare if normalize(ds.texts[r]) not in held]
+        ts.skipped_held_out = len(split.spare) - len(pool)
+        n = len(pool) if from_train == -1 else from_train
+        if from_train < -1 or n > len(pool):
+            why = (f"--train-cap {split.train_cap} leaves {len(pool)} training-part texts out of the labelled set"
+                   if split.train_cap is not None else "without --train-cap every training-part text is labelled")
+            raise DistillError(f"--unlabeled-from-train {from_train}: {why}. Use at most {len(pool)} (-1 takes them "
+                               "all), or a smaller --train-cap.")
+        ts.rows = sorted(random.Random(seed).sample(pool, n))
+        ts.from_train = n
+        if ts.skipped_held_out:
+            log.info("transfer set: skipped %d training-part texts that also appear in dev/test", ts.skipped_held_out)
+    if unlabeled:
+        u = read_texts(unlabeled, text_cols)
+        clashes = [(u.ids[k], held[normalize(t)]) for k, t in enumerate(u.texts) if normalize(t) in held]
+        if clashes:
+            uid, (part, r) = clashes[0]
+            raise DistillError(
+                f"--unlabeled {unlabeled}: {len(clashes)} text(s) also appear in the {part} part of the data "
+                f"(first: row {uid!r} = {part} row id {ds.ids[r]!r}). Training on them would leak held-out texts "
+                "into the student; remove those rows from the file.")
+        start = len(ds)
+        ds = TextDataset(ids=ds.ids + [f"unlabeled:{i}" for i in u.ids], texts=ds.texts + u.texts,
+                         labels=ds.labels + [UNLABELED] * len(u), label_names=ds.label_names, source=ds.source,
+                         meta=ds.meta)
+        ts.rows += list(range(start, len(ds)))
+        ts.from_file, ts.source = len(u), str(unlabeled)
+    return ds, ts
+
+
+def masked_labels(ds: TextDataset, ts: TransferSet) -> list[int]:
+    """The dataset's labels with every transfer row set to -1: what the student trainer may see."""
+    labels = list(ds.labels)
+    for r in ts.rows:
+        labels[r] = UNLABELED
+    return labels

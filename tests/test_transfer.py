@@ -1,0 +1,122 @@
+"""The transfer set (unlabelled texts the teachers label): readers, losses on unlabelled rows, the
+duplicate check and a tiny `distill run` with ``--unlabeled`` and ``--unlabeled-from-train``."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from conftest import make_texts, tiny_run_args
+from distill import losses
+from distill.cli import app
+from distill.data import load_table, stratified_split
+from distill.errors import DistillError
+from distill.transfer import build_transfer, masked_labels, read_texts
+
+runner = CliRunner()
+
+
+def test_read_texts_any_format_labels_optional(tmp_path):
+    (tmp_path / "a.txt").write_text("first text\n\n  second text  \n")
+    ds = read_texts(tmp_path / "a.txt")
+    assert ds.texts == ["first text", "second text"] and ds.ids == ["1", "3"] and ds.labels == [-1, -1]
+    (tmp_path / "b.csv").write_text("text,label\nhello world,sport\nmore news,tech\n")
+    assert read_texts(tmp_path / "b.csv").labels == [-1, -1]  # label ignored unless asked for
+    kept = read_texts(tmp_path / "b.csv", label_col="label")
+    assert kept.label_names == ["sport", "tech"] and kept.labels == [0, 1]
+    (tmp_path / "c.jsonl").write_text('{"body": "x y"}\n{"body": "z"}\n')
+    assert read_texts(tmp_path / "c.jsonl", text_cols=["body"]).texts == ["x y", "z"]
+    (tmp_path / "d.csv").write_text("text\nok\n\"\"\n")
+    with pytest.raises(DistillError, match="empty text at row 3"):
+        read_texts(tmp_path / "d.csv")
+    with pytest.raises(DistillError, match="unknown column 'title'"):
+        read_texts(tmp_path / "b.csv", text_cols=["title"])
+
+
+def test_task_loss_ignores_unlabelled_rows_and_pseudo_labels():
+    torch.manual_seed(0)
+    z = torch.randn(4, 3, requires_grad=True)
+    y = torch.tensor([0, -1, 2, -1])
+    assert torch.allclose(losses.task_loss(z, y), F.cross_entropy(z[[0, 2]], y[[0, 2]]))
+    none = losses.task_loss(z, torch.full((4,), -1))
+    none.backward()
+    assert float(none.detach()) == 0.0 and z.grad is not None
+    t = torch.tensor([[[5.0, 0, 0]] * 4, [[0, 0, 1.0]] * 4])  # (N=2, B=4, C=3): the ensemble says class 0
+    assert losses.pseudo_labels(t, y).tolist() == [0, 0, 2, 0]
+    ce = losses.teacher_gold_ce(t, y)
+    assert torch.allclose(ce[:, 1], losses.teacher_gold_ce(t, torch.tensor([0, 0, 2, 0]))[:, 1])
+
+
+def _dataset(tmp_path):
+    p = tmp_path / "news.csv"
+    p.write_text("text,label\n" + "".join(f"{t},{lab}\n" for lab, t in make_texts(20)))
+    ds = load_table(p)
+    return ds, stratified_split(ds.labels, ds.label_names, 13, 0.1, 0.2, train_cap=30)
+
+
+def test_transfer_from_train_uses_rows_left_out_by_the_cap(tmp_path):
+    ds, split = _dataset(tmp_path)
+    assert len(split.spare) == 80 - 16 - 8 - 30 and not set(split.spare) & set(split.train + split.dev + split.test)
+    ds2, ts = build_transfer(ds, split, None, 10, ["text"], 13)
+    assert ds2 is ds and ts.from_train == 10 and set(ts.rows) <= set(split.spare)
+    assert build_transfer(ds, split, None, 10, ["text"], 13)[1].rows == ts.rows  # seeded
+    labels = masked_labels(ds, ts)
+    assert all(labels[r] == -1 for r in ts.rows) and all(labels[r] == ds.labels[r] for r in split.train)
+    _, every = build_transfer(ds, split, None, -1, ["text"], 13)
+    assert every.from_train + every.skipped_held_out == len(split.spare)
+    with pytest.raises(DistillError, match="--unlabeled-from-train 99: --train-cap 30 leaves"):
+        build_transfer(ds, split, None, 99, ["text"], 13)
+    uncapped = stratified_split(ds.labels, ds.label_names, 13, 0.1, 0.2)
+    with pytest.raises(DistillError, match="without --train-cap"):
+        build_transfer(ds, uncapped, None, 5, ["text"], 13)
+
+
+def test_transfer_file_is_appended_and_dev_test_duplicates_refused(tmp_path):
+    ds, split = _dataset(tmp_path)
+    f = tmp_path / "unl.txt"
+    f.write_text("a brand new text about markets\nanother fresh one\n")
+    ds2, ts = build_transfer(ds, split, str(f), 0, ["text"], 13)
+    assert len(ds2) == len(ds) + 2 and ts.rows == [len(ds), len(ds) + 1] and ds2.labels[-2:] == [-1, -1]
+    assert ds2.ids[-1] == "unlabeled:2" and ts.describe()["from_file"] == 2
+    leak = ds.texts[split.test[3]]
+    f.write_text(f"fine text\n  {leak}  \n")
+    with pytest.raises(DistillError, match=r"1 text\(s\) also appear in the test part .*row '2'"):
+        build_transfer(ds, split, str(f), 0, ["text"], 13)
+
+
+def test_run_with_a_transfer_set(tmp_path, tiny_teachers, tiny_csv):
+    unl = tmp_path / "unlabeled.jsonl"
+    unl.write_text("".join(json.dumps({"title": "News", "body": t}) + "\n" for _, t in make_texts(3, seed=7)))
+    out = tmp_path / "run"
+    res = runner.invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd", train_cap=60,
+                                           unlabeled_from_train=-1, unlabeled=unl))
+    assert res.exit_code == 0, res.output
+    split = json.loads((out / "split.json").read_text())
+    tr = split["transfer"]
+    assert tr["from_file"] == 12 and tr["from_train"] + tr["skipped_held_out_duplicates"] == 84 - 60
+    assert len(tr["ids"]) == tr["texts"] == tr["from_train"] + 12
+    assert not set(tr["ids"]) & set(split["ids"]["train"] + split["ids"]["dev"] + split["ids"]["test"])
+    r = json.loads((out / "report.json").read_text())
+    mt, nokd = r["runs"]["mtbert"][0], r["runs"]["nokd"][0]
+    assert mt["train_texts"] == {"labelled": 60, "transfer": tr["texts"]}
+    assert nokd["train_texts"] == {"labelled": 60, "transfer": 0}  # no teachers, nothing to learn from them
+    assert mt["teacher_weights"]["texts"] == 60 + tr["texts"]
+    assert "Transfer set:" in (out / "report.md").read_text()
+    from safetensors import safe_open
+
+    cache = next((out.parent / ".teacher-store").rglob(f"outputs-{r['cache']['file'].split('-', 1)[1]}"))
+    with safe_open(str(cache), "pt") as fh:
+        assert fh.get_slice("t0.train.logits").get_shape()[0] == 60 + tr["texts"]
+
+
+def test_run_refuses_a_transfer_file_with_test_texts(tmp_path, tiny_teachers, tiny_csv, tiny_run):
+    split = json.loads((tiny_run / "split.json").read_text())
+    rows = list(__import__("csv").DictReader(tiny_csv.open()))
+    leak = rows[int(split["ids"]["test"][0]) - 2]  # ids are file line numbers (header = line 1)
+    unl = tmp_path / "unl.csv"
+    unl.write_text(f"title,body\nNew,fresh words here\n{leak['title']},{leak['body']}\n")
+    res = runner.invoke(app, tiny_run_args(tmp_path / "r", tiny_teachers, tiny_csv, unlabeled=unl))
+    assert res.exit_code == 2 and "also appear in the test part" in res.output
+    assert not (tmp_path / "r" / "teachers").exists()
