@@ -29,6 +29,7 @@ def _fail(e: Exception) -> None:
 @app.command()
 def run(
     ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Job file (YAML, or a run's config.json): option names with '_' for '-' as keys (e.g. student_epochs: 4, teachers: [...], settings: {mtbert: {w_hid: 0.1}}); flags given on the command line override it. Unknown keys and wrong types fail before any work. See examples/."),
     out: Path = typer.Option(Path("runs/default"), "--out", "-o", help="Run folder to write (config, split, teachers, student, report)."),
     data: Optional[str] = typer.Option(None, "--data", help="Dataset: 'bbc' (built-in default, BBC News), 'ag_news', 'mind', or a path to a CSV/TSV/JSONL file, a folder <label>/<file>.txt, the AG News CSV or MIND news.tsv."),
     data_format: str = typer.Option("auto", "--format", help="auto | bbc | folder | agnews | mind | csv | tsv | jsonl."),
@@ -76,31 +77,21 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
     """Co-finetune the teachers, distill a student, evaluate everything and write the run folder."""
-    from .config import RunConfig, parse_set_options
+    from .config import JOB_OPTIONS, RunConfig, parse_set_options
     from .pipeline import run as run_job
 
-    base_list = [b.strip() for b in baselines.split(",") if b.strip()]
     try:
-        settings = parse_set_options(list(set_), [strategy] + base_list)
+        vals, given = resolve_run_options(ctx, config)
+        strategies = [vals["strategy"]] + [b for b in vals["baselines"] if b != vals["strategy"]]
+        for strat, fields_ in parse_set_options(list(set_), strategies).items():
+            vals["settings"].setdefault(strat, {}).update(fields_)
     except DistillError as e:
         _fail(e)
-    cfg = RunConfig(
-        data=data, data_format=data_format, text_cols=list(text_col), label_col=label_col, id_col=id_col, seed=seed,
-        dev_frac=dev_frac, test_frac=test_frac, train_cap=train_cap, max_length=max_length, unlabeled=unlabeled,
-        unlabeled_from_train=unlabeled_from_train, teachers=list(teacher),
-        teacher_mode=teacher_mode, teacher_epochs=teacher_epochs, teacher_lr=teacher_lr,
-        teacher_train_layers=teacher_train_layers, teacher_batch_size=teacher_batch_size, head_lr=head_lr,
-        head_dim=head_dim, pooling=pooling, trust_remote_code=trust_remote_code, student=student,
-        student_from=student_from, student_layers=student_layers, student_head_init=student_head_init,
-        strategy=strategy, baselines=base_list,
-        student_epochs=student_epochs, student_lr=student_lr, student_batch_size=student_batch_size, repeats=repeats,
-        settings=settings, device=device, precision=precision, threads=threads,
-        teacher_cache=teacher_cache, cache_max_mb=cache_max_mb, out=str(out),
-        teacher_store=str(teacher_store) if teacher_store else None)
-    # options a resumed run takes from the command line instead of its saved config (typer may
-    # ship its own copy of click, so the parameter source is compared by name)
-    source = ctx.get_parameter_source("repeats")
-    resume_changes = {"repeats"} if getattr(source, "name", None) == "COMMANDLINE" else set()
+    cfg = RunConfig(**{k: v for k, v in vals.items() if k not in JOB_OPTIONS})
+    resume, overwrite, export, allow_drift, verbose = (vals[k] for k in ("resume", "overwrite", "export",
+                                                                         "allow_drift", "verbose"))
+    # options a resumed run takes from the command line (or the job file) instead of its saved config
+    resume_changes = {"repeats"} & given
     try:
         run_dir = run_job(cfg, resume=resume, overwrite=overwrite, verbose=verbose, resume_changes=resume_changes)
         ok = True
@@ -114,6 +105,44 @@ def run(
     if not ok and not allow_drift:
         typer.secho("export parity targets missed (see above); pass --allow-drift to accept", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)
+
+
+#: ``distill run`` parameters whose job-file / ``config.json`` key differs from the parameter name.
+PARAM_KEYS = {"text_col": "text_cols", "teacher": "teachers", "set_": "settings"}
+
+
+def resolve_run_options(ctx: typer.Context, config: Path | None) -> tuple[dict, set[str]]:
+    """``distill run``'s options as config keys: the defaults, overridden by the job file ``config``,
+    overridden by the flags given on the command line (``--set`` is merged by the caller).
+
+    Returns:
+        ``(values by config key, keys set by the file or the command line)``.
+
+    Raises:
+        DistillError: an invalid job file (see :func:`distill.config.load_job_file`).
+    """
+    from .config import load_job_file
+
+    vals, given = {}, set()
+    for name, value in ctx.params.items():
+        if name == "config":
+            continue
+        key = PARAM_KEYS.get(name, name)
+        vals[key] = value
+        # typer may ship its own copy of click, so the parameter source is compared by name
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE":
+            given.add(key)
+    vals["baselines"] = [b.strip() for b in vals["baselines"].split(",") if b.strip()]
+    file_vals = load_job_file(config) if config else {}
+    for key, value in file_vals.items():
+        if key not in given:
+            vals[key] = value
+    vals["settings"] = {k: dict(v) for k, v in (file_vals.get("settings") or {}).items()}
+    for key in ("text_cols", "teachers", "baselines"):
+        vals[key] = list(vals[key])
+    for key in ("out", "teacher_store"):
+        vals[key] = str(vals[key]) if vals[key] is not None else None
+    return vals, given | set(file_vals)
 
 
 @app.command("strategies")

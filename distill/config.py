@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
 
 from .errors import DistillError
 from .hub import MINILM, MPNET
@@ -184,3 +185,65 @@ def parse_set_options(items: list[str], strategies: list[str]) -> dict:
         for strat in owners:
             out.setdefault(strat, {})[key] = v
     return out
+
+
+#: Keys of a job file that are options of the invocation, not of the run (``distill run --help``).
+JOB_OPTIONS = {"resume": bool, "overwrite": bool, "export": bool, "allow_drift": bool, "verbose": bool}
+
+
+def _job_model():
+    """The pydantic model of a job file: every :class:`RunConfig` field and :data:`JOB_OPTIONS`, no other key."""
+    import typing
+
+    from pydantic import ConfigDict, create_model
+
+    hints = typing.get_type_hints(RunConfig)
+    spec = {f.name: (hints[f.name], None if f.default is MISSING else f.default) for f in fields(RunConfig)}
+    spec.update({k: (t, False) for k, t in JOB_OPTIONS.items()})
+    return create_model("JobFile", __config__=ConfigDict(extra="forbid", strict=False), **spec)
+
+
+def load_job_file(path: str | Path) -> dict:
+    """Read a job file for ``distill run --config``: YAML (or JSON, e.g. a run's own ``config.json``)
+    mapping option names (``distill run`` options with ``_`` for ``-``, as in ``config.json``:
+    ``teachers``, ``text_cols``, ``baselines`` as lists; ``settings: {strategy: {field: value}}``)
+    to values, validated with pydantic.
+
+    Returns:
+        Only the keys present in the file (values converted to their types).
+
+    Raises:
+        DistillError: missing or unparsable file, a key that is not an option (with the closest
+            one), or a value of the wrong type (naming the key and the file).
+    """
+    import difflib
+
+    import yaml
+    from pydantic import ValidationError
+
+    p = Path(path)
+    if not p.is_file():
+        raise DistillError(f"--config {p}: file not found.")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise DistillError(f"--config {p}: not valid YAML ({e}).") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise DistillError(f"--config {p}: expected a mapping of option names to values, got {type(raw).__name__}.")
+    raw = _migrate(dict(raw))
+    if isinstance(raw.get("baselines"), str):  # the CLI's comma-separated form
+        raw["baselines"] = [b.strip() for b in raw["baselines"].split(",") if b.strip()]
+    model = _job_model()
+    try:
+        checked = model(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err.get("loc", ())) or "?"
+        if err.get("type") == "extra_forbidden":
+            close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else " See `distill run --help` (options, '-' as '_')."
+            raise DistillError(f"{p}: unknown key {key!r}.{hint}") from None
+        raise DistillError(f"{p}: key {key!r}: {err.get('msg')} (got {err.get('input')!r}).") from None
+    return {k: getattr(checked, k) for k in raw}

@@ -46,6 +46,9 @@ class CAMKD(WeightedKD):
     CA-MKD code skips it in epoch 1); no ``1/N`` factor on the weighted sums (the CA-MKD code divides
     by ``B N``; with weights summing to 1 that only rescales ``alpha``).
 
+    On transfer-set texts (no gold label) ``y`` in eq. (5) is the teacher ensemble's prediction
+    (:func:`distill.losses.pseudo_labels`) and ``L_s`` is left out.
+
     Shapes: student logits (B, C), pooled (B, d_s); teacher logits (N, B, C), pooled (N, B, d_c).
     """
 

@@ -32,7 +32,8 @@ class MTBert(DistillStrategy):
 
     Shapes: student logits (B, C) and K layers (B, L, d_s); teacher logits (N, B, C) and per teacher
     K layers (B, L, d_i) or (B, d_i). Reported teacher weights: eq. (2)'s ``1/(1+CE(y, y_i))``
-    normalised over the teachers (B, N).
+    normalised over the teachers (B, N). On transfer-set texts (no gold label) ``y`` in eq. (2) is
+    the teacher ensemble's prediction and the task loss is left out.
     """
 
     paper = "MT-BERT (Wu et al., Findings of ACL 2021) eqs. (1)-(3)"

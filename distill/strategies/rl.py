@@ -87,7 +87,8 @@ class ReinforcedSelection(WeightedKD):
     Choices the paper (abstract only here) leaves open are the ones above; the CA-MKD/GLMKD
     implementations use a per-step reward from the training batch instead (GLMKD: ``-CE`` of the
     student, no baseline). The policy starts with every teacher selected with probability
-    ``init_prob`` (0.8), so early training is close to average-ensemble KD.
+    ``init_prob`` (0.8), so early training is close to average-ensemble KD. On transfer-set texts
+    (no gold label) the state's gold-label CE uses the teacher ensemble's prediction as the label.
     """
 
     paper = "Yuan et al., 'Reinforced Multi-Teacher Selection for Knowledge Distillation', AAAI 2021 (paper 001)"
