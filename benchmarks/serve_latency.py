@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.export:
             ap.error("give an export folder / run folder, or --url")
         from serve.launcher import Server
-        from serve.service import resolve_export_dir
+        from serve.runtime import resolve_export_dir
 
         env = {"DISTILL_MODEL": a.model}
         if a.threads:

@@ -176,6 +176,43 @@ def strategies_cmd(
         typer.echo("")
 
 
+@app.command()
+def predict(
+    ctx: typer.Context,
+    model_path: Path = typer.Argument(..., metavar="RUN_OR_EXPORT", help="A run folder (uses its export/ when present, else student/), an export folder or a student folder."),
+    file: Path = typer.Argument(..., help="Texts to label: CSV/TSV/JSONL, a .txt file with one text per line, or any --data format of `distill run`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .csv or .jsonl (default: FILE's name + .predictions.csv, next to FILE)."),
+    text_col: List[str] = typer.Option(["text"], "--text-col", help="Text column(s) (default: the run's --text-col when RUN_OR_EXPORT is a run folder)."),
+    label_col: str = typer.Option("label", "--label-col", help="Label column; when present, accuracy and macro-F1 are printed ('none' to ignore it)."),
+    id_col: Optional[str] = typer.Option(None, "--id-col", help="Id column copied to the output (default: row number)."),
+    data_format: str = typer.Option("auto", "--format", help="auto | lines | folder | agnews | mind | csv | tsv | jsonl."),
+    model: str = typer.Option("int8", help="Exported model: int8 | fp32 | fp16."),
+    backend: str = typer.Option("auto", help="auto (ONNX Runtime when exported, else PyTorch) | onnx | torch."),
+    batch_size: int = typer.Option(64, min=1, help="Texts per model call."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: all cores)."),
+) -> None:
+    """Label every text of FILE with the student: label, score and every class probability per row."""
+    import json as _json
+
+    from .predict import predict_file
+
+    run_cfg = model_path / "config.json"
+    if getattr(ctx.get_parameter_source("text_col"), "name", None) != "COMMANDLINE" and run_cfg.is_file():
+        text_col = _json.loads(run_cfg.read_text()).get("text_cols") or text_col
+    out = out or file.with_name(file.name + ".predictions.csv")
+    try:
+        r = predict_file(model_path, file, out, model=model, backend=backend, batch_size=batch_size,
+                         text_cols=list(text_col), label_col=None if label_col.lower() == "none" else label_col,
+                         id_col=id_col, fmt=data_format, threads=threads)
+    except DistillError as e:
+        _fail(e)
+    typer.echo(f"{r['texts']} texts in {r['seconds']:.2f} s ({r['texts_per_s']:.1f} texts/s) with {r['backend']} "
+               f"-> {r['out']}")
+    if "metrics" in r:
+        m = r["metrics"]
+        typer.echo(f"accuracy {m['accuracy']:.2f}  macro-F1 {m['macro_f1']:.2f}  (n={m['n']})")
+
+
 @app.command("export")
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run folder (with student/)."),

@@ -36,7 +36,7 @@ def stage_export(export_dir: str | Path, dest: str | Path | None = None, models:
     Raises:
         FileNotFoundError: no manifest, or a requested model kind/file is missing.
     """
-    from .service import resolve_export_dir
+    from .runtime import resolve_export_dir
 
     src = resolve_export_dir(export_dir)
     dest = Path(dest) if dest else ROOT / "serve" / "model"

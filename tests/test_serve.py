@@ -335,7 +335,7 @@ def test_bento_builds_offline_and_serves_its_model(tiny_export, tmp_path):
     ctx = tmp_path / "ctx"
     (ctx / "serve").mkdir(parents=True)
     shutil.copy2(ROOT / "bentofile.yaml", ctx / "bentofile.yaml")
-    for f in ("__init__.py", "service.py"):
+    for f in ("__init__.py", "service.py", "runtime.py"):
         shutil.copy2(ROOT / "serve" / f, ctx / "serve" / f)
     stage_export(tiny_export, ctx / "serve" / "model")
     home = {"BENTOML_HOME": str(tmp_path / "bentoml-home")}
