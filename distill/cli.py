@@ -275,6 +275,30 @@ def bench(
         _fail(e)
 
 
+@app.command()
+def reference(
+    run_dir: Path = typer.Argument(..., help="A finished run folder."),
+    models: str = typer.Option("tfidf-lr,frozen-lr,model2vec,setfit", help="Comma-separated reference models: tfidf-lr, frozen-lr (each frozen pre-trained teacher + logistic regression), model2vec, setfit."),
+    setfit_steps: int = typer.Option(200, min=1, help="SetFit contrastive training steps (batch 16; a CPU cap, stated in the table)."),
+    seeds: Optional[int] = typer.Option(None, min=1, help="Seeds of the seeded models (default: the run's --repeats)."),
+) -> None:
+    """Train what users would pick instead (TF-IDF + LR, frozen teacher embeddings + LR, model2vec, SetFit)
+    on RUN_DIR's split and labelled texts; measure them like the student (RUN_DIR/reference/REFERENCE.md)."""
+    try:
+        from benchmarks.reference import run_reference
+    except ImportError as e:  # pragma: no cover
+        _fail(DistillError(f"reference models need the 'reference' extra ({e}); pip install -e .[reference]"))
+    from .pipeline import setup_logging
+
+    setup_logging()
+    try:
+        res = run_reference(run_dir, tuple(m.strip() for m in models.split(",") if m.strip()), setfit_steps, seeds)
+    except DistillError as e:
+        _fail(e)
+    typer.echo((run_dir / "reference" / "REFERENCE.md").read_text())
+    typer.echo(f"done: {run_dir / 'reference'} ({len(res['models'])} reference models)")
+
+
 def main() -> None:  # console script entry point
     app()
 

