@@ -31,6 +31,7 @@ import numpy as np
 
 from distill.errors import DistillError
 from distill.metrics import classification_metrics
+from distill.report import mean_std
 from distill.runio import atomic_dir, atomic_write_json, atomic_write_text
 
 from .common import machine_info, timed_runs
@@ -175,11 +176,6 @@ def setfit_clf(data: dict, out: Path, seed: int, teacher_path: Path, max_length:
             "file_mb": _dir_mb(out / f"setfit-seed{seed}"), "note": f"{steps} contrastive steps (CPU cap)"}
 
 
-def _mean_std(values: list[float]) -> dict:
-    a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0, "values": a.tolist()}
-
-
 def run_reference(run_dir: str | Path, models: tuple[str, ...] = MODELS, setfit_steps: int = 200,
                   seeds: int | None = None, latency_reps: int = 30) -> dict:
     """Train and measure the reference models on ``run_dir``'s split; write the results (see module doc).
@@ -219,10 +215,10 @@ def run_reference(run_dir: str | Path, models: tuple[str, ...] = MODELS, setfit_
                 for part in ("dev", "test")} for f in fits]
         f0 = fits[0]
         row = {"model": name, "seeded": seeded, "seeds": len(fits), "params": f0["params"],
-               "file_mb": round(f0["file_mb"], 2), "train_s": _mean_std([f["train_s"] for f in fits]),
+               "file_mb": round(f0["file_mb"], 2), "train_s": mean_std([f["train_s"] for f in fits]),
                "latency_ms": {f"b{b}": round(_latency(f0["predict"], dev_texts, b, latency_reps), 2) for b in (1, 32)},
                "note": f0.get("note", ""),
-               **{part: {m: _mean_std([p[part][m] for p in per]) for m in ("accuracy", "macro_f1")}
+               **{part: {m: mean_std([p[part][m] for p in per]) for m in ("accuracy", "macro_f1")}
                   for part in ("dev", "test")}}
         rows.append(row)
         log.info("reference %s: test macro-F1 %.2f", name, row["test"]["macro_f1"]["mean"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import statistics
 
@@ -10,6 +11,8 @@ import torch
 
 from . import __version__
 from .device import cpu_model
+
+log = logging.getLogger("distill")
 
 
 def mean_std(vals: list[float]) -> dict:
@@ -54,8 +57,12 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         summary[strat]["settings"] = rs[0].get("settings", {})
         summary[strat]["teacher_signal"] = rs[0]["teacher_signal"]
         summary[strat]["teacher_weights"] = _weights_over_seeds(rs)
+    warnings = teacher_warnings(teacher_metrics, summary)
+    for w in warnings:
+        log.warning(w)
     return {
         "version": __version__,
+        "warnings": warnings,
         "config": cfg.to_dict(),
         "data": {"source": P.ds.source, "rows": len(P.ds), "label_names": P.ds.label_names,
                  "split": {"seed": cfg.seed, "sizes": P.split.sizes(), "fractions": P.split.fractions,
@@ -82,6 +89,19 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
                    "torch": torch.__version__, "transformers": transformers.__version__,
                    "python": platform.python_version()},
     }
+
+
+def teacher_warnings(teacher_metrics: list[dict], summary: dict) -> list[str]:
+    """One warning per teacher whose dev macro-F1 is below the no-KD student's (mean over seeds): a
+    teacher worse than the student trained alone has nothing to teach it (issue: make distillation pay).
+    Uses dev only, never test; empty when the run has no ``nokd`` baseline."""
+    if "nokd" not in summary:
+        return []
+    base = summary["nokd"]["dev"]["macro_f1"]["mean"]
+    return [f"teacher {t['name']} scores below the no-KD student on dev macro-F1 ({t['dev']['macro_f1']:.2f} < "
+            f"{base:.2f}): a teacher worse than the student trained alone has nothing to teach it; finetune it "
+            "longer (--teacher-epochs, --teacher-train-layers 0) or drop it."
+            for t in teacher_metrics if t["dev"]["macro_f1"] < base]
 
 
 def _pm(d: dict, digits: int = 2) -> str:
@@ -118,6 +138,8 @@ def render_markdown(r: dict) -> str:
     L.append(f"**Max length:** {cfg['max_length']} tokens. **Seeds:** {cfg['repeats']} "
              f"(students; teachers finetuned once).\n")
 
+    for w in r.get("warnings", []):
+        L.append(f"> **Warning:** {w}\n")
     L.append("## Accuracy and macro-F1 (%)\n")
     L.append("| model | params | file (MB) | dev acc | dev macro-F1 | test acc | test macro-F1 |")
     L.append("|---|---:|---:|---:|---:|---:|---:|")

@@ -120,3 +120,13 @@ def test_run_refuses_a_transfer_file_with_test_texts(tmp_path, tiny_teachers, ti
     res = runner.invoke(app, tiny_run_args(tmp_path / "r", tiny_teachers, tiny_csv, unlabeled=unl))
     assert res.exit_code == 2 and "also appear in the test part" in res.output
     assert not (tmp_path / "r" / "teachers").exists()
+
+
+def test_report_warns_about_a_teacher_worse_than_the_student_alone():
+    from distill.report import teacher_warnings
+
+    teachers = [{"name": "weak", "dev": {"macro_f1": 40.0}}, {"name": "strong", "dev": {"macro_f1": 60.0}}]
+    summary = {"nokd": {"dev": {"macro_f1": {"mean": 48.0}}}}
+    w = teacher_warnings(teachers, summary)
+    assert len(w) == 1 and w[0].startswith("teacher weak scores below the no-KD student on dev macro-F1 (40.00 < 48.00)")
+    assert teacher_warnings(teachers, {"mtbert": summary["nokd"]}) == []
