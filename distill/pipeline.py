@@ -25,7 +25,8 @@ import torch
 
 from . import cache as teacher_cache
 from .config import RunConfig
-from .data import TextDataset, load_dataset, stratified_split
+from .data import TextDataset, load_dataset
+from .split import stratified_split
 from .device import resolve_device, resolve_precision
 from .errors import DistillError
 from .hub import check_safetensors, resolve_model

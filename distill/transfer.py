@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .data import Split, TextDataset, _finish, detect_format, load_dataset, load_table
+from .data import TextDataset, _finish, detect_format, load_dataset, load_table
+from .split import Split
 from .errors import DistillError
 from .losses import UNLABELED
 from .runio import fingerprint

@@ -6,7 +6,8 @@ from collections import Counter
 
 import pytest
 
-from distill.data import SHARED_DATA, load_ag_news, load_dataset, load_mind, load_table, stratified_split
+from distill.data import SHARED_DATA, load_ag_news, load_dataset, load_mind, load_table
+from distill.split import stratified_split
 from distill.errors import DistillError
 
 

@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 from conftest import make_texts, tiny_run_args
 from distill import losses
 from distill.cli import app
-from distill.data import load_table, stratified_split
+from distill.data import load_table
+from distill.split import stratified_split
 from distill.errors import DistillError
 from distill.transfer import build_transfer, masked_labels, read_texts
 
