@@ -62,6 +62,8 @@ def run(
     student_lr: float = typer.Option(1e-4, help="Student encoder learning rate (AdamW)."),
     student_batch_size: int = typer.Option(16, help="Student batch size."),
     repeats: int = typer.Option(1, help="Number of student seeds (seed, seed+1, ...); results as mean and std. With --resume it may change: more seeds are added to the run, fewer report the first ones."),
+    weak_teacher_margin: Optional[str] = typer.Option("3", help="Leave a teacher out of distillation when its dev macro-F1 is more than this many points below the best teacher's ('none' keeps every teacher)."),
+    select_student: str = typer.Option("dev", help="dev = the run's student is the no-KD baseline when it beats the main strategy on mean dev macro-F1 (needs nokd in --baselines); strategy = always the main strategy."),
     set_: List[str] = typer.Option([], "--set", help="Strategy setting STRATEGY.FIELD=VALUE (repeatable), e.g. --set camkd.alpha=0.7 --set mtbert.w_hid=0.1; FIELD=VALUE sets it on every strategy of the run that has it. `distill strategies` lists them all."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
@@ -140,6 +142,12 @@ def resolve_run_options(ctx: typer.Context, config: Path | None) -> tuple[dict, 
     vals["settings"] = {k: dict(v) for k, v in (file_vals.get("settings") or {}).items()}
     for key in ("text_cols", "teachers", "baselines"):
         vals[key] = list(vals[key])
+    if isinstance(vals.get("weak_teacher_margin"), str):
+        raw = vals["weak_teacher_margin"].strip().lower()
+        try:
+            vals["weak_teacher_margin"] = None if raw in ("none", "off", "") else float(raw)
+        except ValueError:
+            raise DistillError(f"--weak-teacher-margin {raw!r}: give a number of macro-F1 points or 'none'.") from None
     for key in ("out", "teacher_store"):
         vals[key] = str(vals[key]) if vals[key] is not None else None
     return vals, given | set(file_vals)

@@ -53,6 +53,10 @@ class RunConfig:
     student_lr: float = 1e-4
     student_batch_size: int = 16
     repeats: int = 1
+    # guards against distillation that hurts (distill/guards.py): drop a teacher this many dev macro-F1
+    # points below the best one (None = keep all); pick the no-KD student when it is better on dev
+    weak_teacher_margin: float | None = 3.0
+    select_student: str = "dev"
     # per-strategy settings: {strategy: {field: value}} (``--set strategy.field=value``), validated
     # against each strategy's own ``Settings`` declaration (see ``distill strategies``)
     settings: dict = field(default_factory=dict)
@@ -127,6 +131,10 @@ class RunConfig:
             raise DistillError("--device must be auto, cpu, cuda or cuda:N.")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise DistillError("--precision must be auto, fp32, bf16 or fp16.")
+        if self.select_student not in ("dev", "strategy"):
+            raise DistillError("--select-student must be 'dev' (no-KD student when it is better on dev) or 'strategy'.")
+        if self.weak_teacher_margin is not None and self.weak_teacher_margin < 0:
+            raise DistillError("--weak-teacher-margin must be >= 0 (macro-F1 points), or 'none' to keep every teacher.")
         if self.student_head_init not in ("shared", "random"):
             raise DistillError("--student-head-init must be 'shared' or 'random'.")
         if self.student_from is not None and not 0 <= self.student_from < len(self.teachers):

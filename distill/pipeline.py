@@ -29,6 +29,7 @@ from .data import TextDataset, load_dataset
 from .split import stratified_split
 from .device import resolve_device, resolve_precision
 from .errors import DistillError
+from .guards import choose_student, expand_weights, select_teachers
 from .hub import check_safetensors, resolve_model
 from .metrics import classification_metrics, predict_logits
 from .modeling import count_params, layer_map, save_classifier, weights_size_mb
@@ -99,6 +100,8 @@ class Prepared:
     layer_maps: list[list[int]]
     head_dim: int
     needs_layers: bool
+    teacher_selection: object  # guards.TeacherSelection, set after the teachers are evaluated
+    student_note: str | None = None
     transfer: TransferSet
     train_labels: list[int]
 
@@ -258,14 +261,21 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
 
     teacher_metrics, ens, ens_params = teacher_report(cfg, P, teachers, outs, run_dir)
     tspecs, sspec = specs(cfg, P, [m["dev"]["macro_f1"] for m in teacher_metrics])
+    P.teacher_selection = sel = select_teachers(teacher_metrics, cfg.weak_teacher_margin)
+    for note in sel.notes:
+        log.warning(note)
+    tspecs = [tspecs[i] for i in sel.active]  # the students learn from the active teachers only
     cache_rows = P.split.train + P.transfer.rows
+    token_level = [P.token_level[i] for i in sel.active]
     if cache_info["mode"] == "cache":
-        provider = teacher_cache.TeacherProvider(cache_rows, cached=outs, token_level=P.token_level,
-                                                 needs_layers=P.needs_layers, device=device)
+        provider = teacher_cache.TeacherProvider(cache_rows, cached=[outs[i] for i in sel.active],
+                                                 token_level=token_level, needs_layers=P.needs_layers, device=device)
     else:
-        provider = teacher_cache.TeacherProvider(cache_rows, teachers=teachers, toks=toks,
-                                                 layer_maps=P.layer_maps, token_level=P.token_level,
-                                                 needs_layers=P.needs_layers, device=device, precision=precision)
+        provider = teacher_cache.TeacherProvider(cache_rows, teachers=[teachers[i] for i in sel.active],
+                                                 toks=[toks[i] for i in sel.active],
+                                                 layer_maps=[P.layer_maps[i] for i in sel.active],
+                                                 token_level=token_level, needs_layers=P.needs_layers, device=device,
+                                                 precision=precision)
 
     # seed-major order: a run stopped part-way has every strategy at its first seeds, not some
     # strategies at all seeds and the rest at none (each student depends only on its own seed)
@@ -276,8 +286,14 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
                                                 run_dir, device, precision))
     timer.times["students"] = sum(r["train_seconds"] for rs in results.values() for r in rs)
 
-    # the run's student: the main strategy's seed with the best dev macro-F1
-    best = max(results[cfg.strategy], key=lambda r: r["dev"]["macro_f1"])
+    # the run's student: the best dev seed of the main strategy, or of nokd when KD did not pay on dev
+    chosen, P.student_note = choose_student({k: [r["dev"]["macro_f1"] for r in v] for k, v in results.items()},
+                                            cfg.strategy, cfg.select_student)
+    if P.student_note:
+        log.warning(P.student_note)
+    if any("model_dir" not in r for r in results[chosen]):  # nokd students of a run resumed from an older version have no saved model
+        chosen, P.student_note = cfg.strategy, None
+    best = max(results[chosen], key=lambda r: r["dev"]["macro_f1"])
     link_or_copy_tree(run_dir / best["model_dir"], run_dir / "student")
     timer.times["total_this_invocation"] = time.perf_counter() - t_start
     state.mark("timer", timer.times)
@@ -330,10 +346,11 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
            "epochs": [vars(e) for e in result.logs], "train_seconds": train_s, "params": count_params(student),
            "teacher_signal": provider.mode if strategy.needs.teachers else "none",
            "train_texts": {"labelled": len(P.split.train), "transfer": len(rows) - len(P.split.train)},
-           "teacher_weights": teacher_weight_summary(result.weights.per_text(),
+           "teacher_weights": teacher_weight_summary(expand_weights(result.weights.per_text(),
+                                                                    P.teacher_selection.active, len(cfg.teachers)),
                                                      [P.train_labels[r] for r in rows], P.ds.label_names,
                                                      cfg.teachers)}
-    if strat == cfg.strategy:
+    if strat in (cfg.strategy, "nokd"):  # nokd too: the run's student when KD does not pay on dev
         with atomic_dir(sdir / "model") as tmp:
             save_classifier(student, P.student_tok, tmp, {
                 "label_names": P.ds.label_names, "max_length": cfg.max_length, "role": "student",

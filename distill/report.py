@@ -58,11 +58,15 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         summary[strat]["teacher_signal"] = rs[0]["teacher_signal"]
         summary[strat]["teacher_weights"] = _weights_over_seeds(rs)
     warnings = teacher_warnings(teacher_metrics, summary)
+    sel = getattr(P, "teacher_selection", None)
+    decisions = (sel.notes if sel else []) + ([P.student_note] if getattr(P, "student_note", None) else [])
     for w in warnings:
         log.warning(w)
     return {
         "version": __version__,
         "warnings": warnings,
+        "decisions": decisions,
+        "teacher_selection": sel.to_dict() if sel else None,
         "config": cfg.to_dict(),
         "data": {"source": P.ds.source, "rows": len(P.ds), "label_names": P.ds.label_names,
                  "split": {"seed": cfg.seed, "sizes": P.split.sizes(), "fractions": P.split.fractions,
@@ -73,7 +77,7 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         "teacher_store": str(store),
         "ensemble": {**ens, "params": ens_params, "file_mb": round(sum(m["file_mb"] for m in teacher_metrics), 2)},
         "student": {"source": P.student_source, "layers": P.K, "params": student_params,
-                    "file_mb": best.get("file_mb"), "strategy": cfg.strategy, "seed": best["seed"],
+                    "file_mb": best.get("file_mb"), "strategy": best["strategy"], "seed": best["seed"],
                     "dev": best["dev"], "test": best["test"],
                     "tokenizer_rule": ("teachers whose tokenizer equals the student's: token-level hidden MSE; "
                                        "others: MSE of masked-mean pooled states of the mapped layers")},
@@ -140,6 +144,8 @@ def render_markdown(r: dict) -> str:
 
     for w in r.get("warnings", []):
         L.append(f"> **Warning:** {w}\n")
+    for w in r.get("decisions", []):
+        L.append(f"> **Decision:** {w}\n")
     L.append("## Accuracy and macro-F1 (%)\n")
     L.append("| model | params | file (MB) | dev acc | dev macro-F1 | test acc | test macro-F1 |")
     L.append("|---|---:|---:|---:|---:|---:|---:|")

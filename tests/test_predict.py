@@ -75,5 +75,7 @@ def test_predict_errors(tiny_run, tmp_path):
     assert res.exit_code == 2 and ".csv or .jsonl" in res.output
     res = runner.invoke(app, ["predict", str(tmp_path), str(bad)])
     assert res.exit_code == 2 and "neither an ONNX export" in res.output
-    res = runner.invoke(app, ["predict", str(tiny_run), str(bad), "--backend", "onnx"])
+    plain = tmp_path / "plain-run"  # another test may have exported tiny_run in place
+    shutil.copytree(tiny_run, plain, ignore=shutil.ignore_patterns("teachers", "checkpoints", "export"))
+    res = runner.invoke(app, ["predict", str(plain), str(bad), "--backend", "onnx"])
     assert res.exit_code == 2 and "no ONNX export" in res.output

@@ -1,0 +1,63 @@
+"""Guards against distillation that hurts: the weak-teacher rule and the KD / no-KD choice on dev."""
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from conftest import tiny_run_args
+from distill.cli import app
+from distill.guards import choose_student, expand_weights, select_teachers
+
+runner = CliRunner()
+
+
+def _t(name, f1):
+    return {"name": name, "dev": {"macro_f1": f1}}
+
+
+def test_weak_teacher_rule():
+    sel = select_teachers([_t("minilm", 92.1), _t("mpnet", 97.0), _t("bert", 95.5)], 3.0)
+    assert sel.active == [1, 2] and [d["name"] for d in sel.dropped] == ["minilm"]
+    assert abs(sel.dropped[0]["gap"] - 4.9) < 1e-9
+    assert "minilm was left out of distillation" in sel.notes[0] and "--weak-teacher-margin 3" in sel.notes[0]
+    assert select_teachers([_t("a", 10.0), _t("b", 90.0)], None).active == [0, 1]  # rule off
+    assert select_teachers([_t("a", 10.0)], 0.0).active == [0]  # the best teacher always stays
+
+
+def test_choose_student_on_dev():
+    assert choose_student({"mtbert": [95.0, 94.9], "nokd": [95.9, 95.8]}, "mtbert", "dev")[0] == "nokd"
+    assert choose_student({"mtbert": [96.0], "nokd": [95.9]}, "mtbert", "dev") == ("mtbert", None)
+    assert choose_student({"mtbert": [90.0], "nokd": [95.9]}, "mtbert", "strategy") == ("mtbert", None)
+    assert choose_student({"mtbert": [90.0]}, "mtbert", "dev") == ("mtbert", None)
+
+
+def test_expand_weights_keeps_every_teacher_column():
+    w = np.array([[0.3, 0.7], [np.nan, np.nan]])
+    full = expand_weights(w, [0, 2], 3)
+    assert np.allclose(full[0], [0.3, 0.0, 0.7]) and np.isnan(full[1]).all()
+    assert expand_weights(w, [0, 1], 2) is w
+
+
+def test_run_drops_a_weak_teacher_and_keeps_the_better_student(tmp_path, tiny_teachers, tiny_csv):
+    out = tmp_path / "run"
+    # margin 0: every teacher below the best is left out; an MT-BERT student without task and KD loss
+    # (hidden loss only) learns no labels, so the no-KD student wins on dev and becomes the run's student
+    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd", weak_teacher_margin=0)
+    args += ["--set", "mtbert.w_task=0", "--set", "mtbert.w_kd=0"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "report.json").read_text())
+    f1 = [t["dev"]["macro_f1"] for t in r["teachers"]]
+    sel = r["teacher_selection"]
+    assert sel["active"] == [i for i, v in enumerate(f1) if v == max(f1)]
+    weights = r["strategies"]["mtbert"]["teacher_weights"]["mean"]
+    assert all(weights[d["index"]] == 0 for d in sel["dropped"]) and len(weights) == 2
+    dev = {k: v["dev"]["macro_f1"]["mean"] for k, v in r["strategies"].items()}
+    assert dev["nokd"] > dev["mtbert"]
+    assert r["student"]["strategy"] == "nokd"
+    assert json.loads((out / "student" / "classifier.json").read_text())["strategy"] == "nokd"
+    md = (out / "report.md").read_text()
+    assert "**Decision:** the mtbert student scored below the no-KD student on dev" in md
+    assert "student: nokd (the run's student)" in md
+    assert all(f"**Decision:** teacher {d['name']} was left out" in md for d in sel["dropped"])
