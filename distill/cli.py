@@ -46,6 +46,8 @@ def run(
     teacher: List[str] = typer.Option(["sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"], "--teacher", "-t", help="Teacher encoder: Hugging Face hub id (resolved offline from the HF cache or packaged copies) or local folder. Repeat for several."),
     teacher_mode: str = typer.Option("joint", help="joint = MT-BERT co-finetuning through one shared head; independent = each teacher its own head (ablation)."),
     teacher_epochs: int = typer.Option(1, help="Co-finetuning epochs."),
+    teacher_patience: Optional[int] = typer.Option(None, help="Early stopping: stop co-finetuning when the teachers' mean dev macro-F1 has not improved for N epochs, and keep the best dev epoch's weights (--teacher-epochs is then the maximum)."),
+    teacher_time_budget: Optional[float] = typer.Option(None, help="Seconds of co-finetuning after which no new epoch starts (the best dev epoch's weights are kept)."),
     teacher_lr: float = typer.Option(5e-5, help="Teacher encoder learning rate (AdamW)."),
     teacher_train_layers: int = typer.Option(2, help="Train only the top N layers of each teacher (0 = all). Lower layers stay at their pre-trained weights."),
     teacher_batch_size: int = typer.Option(16, help="Co-finetuning batch size."),

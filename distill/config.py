@@ -34,6 +34,8 @@ class RunConfig:
     teachers: list[str] = field(default_factory=lambda: [MINILM, MPNET])
     teacher_mode: str = "joint"
     teacher_epochs: int = 1
+    teacher_patience: int | None = None  # early stopping on the teachers' mean dev macro-F1 (epochs)
+    teacher_time_budget: float | None = None  # seconds of co-finetuning after which no new epoch starts
     teacher_lr: float = 5e-5
     teacher_train_layers: int = 2
     teacher_batch_size: int = 16
@@ -123,7 +125,9 @@ class RunConfig:
                   ("teacher_batch_size", self.teacher_batch_size >= 1),
                   ("student_batch_size", self.student_batch_size >= 1), ("train_cap", self.train_cap is None or self.train_cap >= 2),
                   ("student_layers", self.student_layers is None or self.student_layers >= 1),
-                  ("unlabeled_from_train", self.unlabeled_from_train >= -1)]
+                  ("unlabeled_from_train", self.unlabeled_from_train >= -1),
+                  ("teacher_patience", self.teacher_patience is None or self.teacher_patience >= 1),
+                  ("teacher_time_budget", self.teacher_time_budget is None or self.teacher_time_budget > 0)]
         for name, ok in checks:
             if not ok:
                 raise DistillError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r}.")

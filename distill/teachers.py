@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import cache as teacher_cache
-from .metrics import classification_metrics, softmax_np
+from .metrics import classification_metrics, predict_logits, softmax_np
 from .modeling import (ClassificationHead, EncoderClassifier, count_params, load_classifier, load_encoder,
                        save_classifier, weights_size_mb)
 from .runio import atomic_dir, atomic_write_json, fingerprint, load_checkpoint, save_checkpoint
@@ -50,11 +50,26 @@ class CoFinetune(nn.Module):
     The teachers are the trained ``model`` (an ``nn.ModuleList``); each reads its own tokenisation
     ``toks[i]``. One AdamW: encoder parameters at ``lr``, heads and projections at ``head_lr``
     (a shared head is counted once). Logged components: ``ce_teacher_i``.
+
+    Early stopping (``patience`` and/or ``budget_s``): after every epoch each teacher is evaluated on
+    the dev rows; training stops when the mean of the teachers' dev macro-F1 (%) has not improved for
+    ``patience`` epochs, or once the co-finetuning time exceeds ``budget_s`` seconds (checked after
+    each epoch), and :meth:`restore_best` puts back the weights of the best dev epoch. The best
+    weights and counters are checkpointed (``get_extra_state``), so ``--resume`` continues exactly.
     """
 
-    def __init__(self, toks: list):
+    def __init__(self, toks: list, dev_rows: list[int] | None = None, labels: list[int] | None = None,
+                 num_labels: int = 0, patience: int | None = None, budget_s: float | None = None,
+                 batch_size: int = 64):
         super().__init__()
-        self.toks = toks
+        self.toks, self.dev_rows, self.labels, self.num_labels = toks, dev_rows or [], labels, num_labels
+        self.patience, self.budget_s, self.batch_size = patience, budget_s, batch_size
+        self.best_f1, self.best_epoch, self.bad, self.elapsed, self.best_state = -1.0, 0, 0, 0.0, None
+        self._t0 = 0.0
+
+    @property
+    def early_stopping(self) -> bool:
+        return bool(self.dev_rows) and (self.patience is not None or self.budget_s is not None)
 
     def configure_optimizers(self, model, fs: FitSettings, total_steps: int):
         enc, head, seen = [], [], set()
@@ -78,10 +93,45 @@ class CoFinetune(nn.Module):
         return {"loss": loss, **parts}
 
     def on_epoch_start(self, ctx):
-        pass
+        self._t0 = time.perf_counter()
 
     def on_epoch_end(self, ctx):
-        return None
+        self.elapsed += time.perf_counter() - self._t0
+        if not self.early_stopping:
+            return None
+        y = [self.labels[r] for r in self.dev_rows]
+        f1 = [classification_metrics(predict_logits(t, tk, self.dev_rows, ctx.device, self.batch_size, ctx.precision,
+                                                    f"teacher {i} dev"), y, self.num_labels)["macro_f1"]
+              for i, (t, tk) in enumerate(zip(ctx.model, self.toks))]
+        score = float(np.mean(f1))
+        out = {"dev_macro_f1": f1, "dev_mean_macro_f1": score}
+        if score > self.best_f1:
+            self.best_f1, self.best_epoch, self.bad = score, ctx.epoch + 1, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in ctx.model.state_dict().items()}
+        else:
+            self.bad += 1
+        if self.patience is not None and self.bad >= self.patience:
+            ctx.stop, out["stopped"] = True, f"no dev improvement for {self.bad} epoch(s)"
+        elif self.budget_s is not None and self.elapsed >= self.budget_s:
+            ctx.stop, out["stopped"] = True, f"time budget {self.budget_s:g} s reached"
+        log.info("co-finetuning epoch %d: teachers' dev macro-F1 %s (best epoch %d)%s", ctx.epoch + 1,
+                 " / ".join(f"{v:.2f}" for v in f1), self.best_epoch, f"; stopping: {out['stopped']}" if ctx.stop else "")
+        return out
+
+    def restore_best(self, model: nn.Module) -> int | None:
+        """Load the best dev epoch's weights into ``model``; returns that epoch (None without early stopping)."""
+        if self.best_state is None:
+            return None
+        model.load_state_dict(self.best_state)
+        return self.best_epoch
+
+    def get_extra_state(self):
+        return {"best_f1": self.best_f1, "best_epoch": self.best_epoch, "bad": self.bad, "elapsed": self.elapsed,
+                "best_state": self.best_state}
+
+    def set_extra_state(self, state):
+        self.best_f1, self.best_epoch, self.bad = state["best_f1"], state["best_epoch"], state["bad"]
+        self.elapsed, self.best_state = state["elapsed"], state["best_state"]
 
 
 def teacher_fingerprint(cfg, P) -> str:
@@ -96,7 +146,9 @@ def teacher_fingerprint(cfg, P) -> str:
         "train_labels": fingerprint([P.ds.labels[i] for i in P.split.train]),
         "settings": [cfg.max_length, cfg.teacher_mode, cfg.teacher_epochs, cfg.teacher_lr, cfg.teacher_train_layers,
                      cfg.teacher_batch_size, cfg.head_lr, P.head_dim, cfg.pooling, cfg.query_dim, cfg.seed,
-                     cfg.weight_decay, cfg.warmup],
+                     cfg.weight_decay, cfg.warmup]
+        + ([{"patience": cfg.teacher_patience, "budget_s": cfg.teacher_time_budget}]
+           if cfg.teacher_patience is not None or cfg.teacher_time_budget is not None else []),
     })
 
 
@@ -133,15 +185,22 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
     log.info("co-finetuning %d teacher(s) (%s, top %s layers trainable) on %d examples, %d epoch(s)",
              len(teachers), cfg.teacher_mode, cfg.teacher_train_layers or "all", len(P.split.train), cfg.teacher_epochs)
     t0 = time.perf_counter()
-    logs = []
+    logs, best_epoch = [], None
     for t in teachers:
         freeze_lower_layers(t, cfg.teacher_train_layers)
     if cfg.teacher_epochs > 0:
         fs = FitSettings(cfg.teacher_epochs, cfg.teacher_batch_size, cfg.teacher_lr, cfg.head_lr, cfg.weight_decay,
                          cfg.warmup, cfg.seed)
-        logs = fit(CoFinetune(toks), nn.ModuleList(teachers), P.ds.labels, P.split.train, fs, device=device,
+        method = CoFinetune(toks, P.split.dev, P.ds.labels, len(P.ds.label_names), cfg.teacher_patience,
+                            cfg.teacher_time_budget, cfg.eval_batch_size)
+        model = nn.ModuleList(teachers)
+        logs = fit(method, model, P.ds.labels, P.split.train, fs, device=device,
                    precision=precision, checkpoint=lambda st: save_checkpoint(ckpt, st), resume_state=resume,
                    order_seed=lambda e: cfg.seed + e, seed_torch=False, desc="co-finetune teachers").logs
+        best_epoch = method.restore_best(model)
+        if best_epoch is not None:
+            log.info("teachers: kept the weights of epoch %d (best mean dev macro-F1 %.2f) of %d run",
+                     best_epoch, method.best_f1, len(logs))
     for t in teachers:
         t.to(device).eval()
         for p in t.parameters():
@@ -152,7 +211,9 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
             save_classifier(t, P.teacher_toks[i], tmp, {"label_names": P.ds.label_names, "max_length": cfg.max_length,
                                                         "source_model": name, "role": "teacher"})
     rec = {"epochs": [vars(e) for e in logs], "seconds": seconds, "mode": cfg.teacher_mode,
-           "train_layers": cfg.teacher_train_layers, "reused": False}
+           "train_layers": cfg.teacher_train_layers, "reused": False,
+           "best_epoch": best_epoch if cfg.teacher_epochs > 0 else None,
+           "stopped": next((e.extra["stopped"] for e in logs if e.extra.get("stopped")), None) if logs else None}
     atomic_write_json(done, rec)
     ckpt.unlink(missing_ok=True)
     return teachers, rec

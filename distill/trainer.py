@@ -130,6 +130,7 @@ class StepContext:
         evaluate: ``evaluate(part) -> {"accuracy", "macro_f1", "n", "loss"}`` of the current model on
             ``"dev"`` (never ``"test"``), or None when the caller provided no held-out data.
         train_rows: the dataset rows of the training part (positions index the teacher-output cache).
+        stop: set it to True in ``on_epoch_end`` to end training after this epoch (early stopping).
     """
 
     def __init__(self, model, teachers, optimizations, settings, device, precision, steps_per_epoch, total_steps,
@@ -141,6 +142,7 @@ class StepContext:
         self.scaler = grad_scaler(device, precision)
         self.epoch = 0
         self.step = 0
+        self.stop = False
 
     def autocast(self):
         """bf16/fp16 autocast on CUDA, nothing on CPU."""
@@ -284,7 +286,7 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
         logs.append(EpochLog(epoch + 1, dt, means.pop("loss", float("nan")), seen / dt, means, extra))
         log.info("%s epoch %d/%d: loss %.4f%s, %.1f s", desc, epoch + 1, s.epochs, logs[-1].loss,
                  "".join(f", {k} {v:.4f}" for k, v in means.items()), dt)
-        if s.max_steps is not None and ctx.step >= s.max_steps:
+        if ctx.stop or (s.max_steps is not None and ctx.step >= s.max_steps):
             break
         if checkpoint is not None and epoch + 1 < s.epochs:
             checkpoint({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "method": method.state_dict(),
