@@ -26,7 +26,6 @@ import torch
 from . import cache as teacher_cache
 from .config import RunConfig
 from .data import TextDataset, load_dataset
-from .split import stratified_split
 from .device import resolve_device, resolve_precision
 from .errors import DistillError
 from .guards import choose_student, expand_weights, select_teachers
@@ -36,6 +35,7 @@ from .modeling import count_params, layer_map, save_classifier, weights_size_mb
 from .report import build_report, render_markdown
 from .runio import (RunState, atomic_dir, atomic_write_json, atomic_write_text, check_writable, link_or_copy_tree,
                     load_checkpoint, save_checkpoint)
+from .split import stratified_split
 from .strategies import build_strategy
 from .students import Evaluator, build_student, fit_settings, specs, teacher_weight_summary, train_student
 from .teachers import get_teachers, teacher_fingerprint, teacher_outputs_phase, teacher_report
@@ -289,10 +289,10 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
     # the run's student: the best dev seed of the main strategy, or of nokd when KD did not pay on dev
     chosen, P.student_note = choose_student({k: [r["dev"]["macro_f1"] for r in v] for k, v in results.items()},
                                             cfg.strategy, cfg.select_student)
+    if any("model_dir" not in r for r in results[chosen]):  # nokd students of older runs have no saved model
+        chosen, P.student_note = cfg.strategy, None
     if P.student_note:
         log.warning(P.student_note)
-    if any("model_dir" not in r for r in results[chosen]):  # nokd students of a run resumed from an older version have no saved model
-        chosen, P.student_note = cfg.strategy, None
     best = max(results[chosen], key=lambda r: r["dev"]["macro_f1"])
     link_or_copy_tree(run_dir / best["model_dir"], run_dir / "student")
     timer.times["total_this_invocation"] = time.perf_counter() - t_start
