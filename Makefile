@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench ag-news compare-ag strategies clean
+.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer reference strategies clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -40,9 +40,16 @@ ag-news: install
 # co-finetuned teachers (teacher store shared with `make ag-news`), 3 student seeds of every strategy.
 # report.md's "Strategy comparison" table has test accuracy / macro-F1 (mean ± std), seconds per
 # epoch and the teacher-weight summary; "Which teacher taught what" breaks the weights down per class.
-COMPARE = nokd,hinton,avg,camkd,ebkd,aekd,rl
 compare-ag: install
-	$(BIN)/distill run $(AG) --strategy mtbert --baselines $(COMPARE) --out runs/ag-compare $(if $(wildcard runs/ag-compare/state.json),--resume,)
+	$(BIN)/distill run --config examples/agnews-compare.yaml $(if $(wildcard runs/ag-compare/state.json),--resume,)
+
+# AG News with a transfer set (issue: make distillation pay): 3,000 labelled texts + the rest of the
+# training part without labels (examples/agnews.yaml); then the reference models on that run's split.
+agnews-transfer: install
+	$(BIN)/distill run --config examples/agnews.yaml $(if $(wildcard runs/agnews/state.json),--resume,)
+
+reference: install
+	$(BIN)/distill reference $(RUN)
 
 strategies: install
 	$(BIN)/distill strategies
