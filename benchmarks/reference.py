@@ -66,10 +66,18 @@ def _save_arrays(folder: Path, arrays: dict, meta: dict) -> None:
         (tmp / "meta.json").write_text(json.dumps(meta))
 
 
-def _logreg(X, y, C: float, seed: int):
+def _logreg_dev(Xtr, Xdev, data: dict, seed: int, grid=(1.0, 10.0, 100.0)):
+    """Logistic regression on ``Xtr`` with the inverse regularisation ``C`` of ``grid`` that gives the best
+    dev macro-F1; returns ``(C, fitted classifier)``."""
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(X, y)
+    best = None
+    for C in grid:
+        clf = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(Xtr, data["train"][1])
+        f1 = classification_metrics(clf.predict_proba(Xdev), data["dev"][1], data["C"])["macro_f1"]
+        if best is None or f1 > best[0]:
+            best = (f1, C, clf)
+    return best[1], best[2]
 
 
 def tfidf_lr(data: dict, out: Path, seed: int) -> dict:
@@ -80,14 +88,8 @@ def tfidf_lr(data: dict, out: Path, seed: int) -> dict:
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
     Xtr = vec.fit_transform(data["train"][0])
     Xdev = vec.transform(data["dev"][0])
-    best = None
-    for C in (1.0, 10.0, 100.0):
-        clf = _logreg(Xtr, data["train"][1], C, seed)
-        f1 = classification_metrics(clf.predict_proba(Xdev), data["dev"][1], data["C"])["macro_f1"]
-        if best is None or f1 > best[0]:
-            best = (f1, C, clf)
+    C, clf = _logreg_dev(Xtr, Xdev, data, seed)
     train_s = time.perf_counter() - t0
-    _, C, clf = best
     _save_arrays(out / "tfidf-lr", {"idf": vec.idf_, "coef": clf.coef_, "intercept": clf.intercept_},
                  {"vocabulary": {k: int(v) for k, v in vec.vocabulary_.items()}, "C": C, "ngram_range": [1, 2]})
     return {"predict": lambda texts: clf.predict_proba(vec.transform(texts)), "train_s": train_s,
@@ -108,14 +110,8 @@ def frozen_lr(data: dict, out: Path, seed: int, teacher: str, teacher_path: Path
                          show_progress_bar=False)
 
     Xtr, Xdev = emb(data["train"][0]), emb(data["dev"][0])
-    best = None
-    for C in (1.0, 10.0, 100.0):
-        clf = _logreg(Xtr, data["train"][1], C, seed)
-        f1 = classification_metrics(clf.predict_proba(Xdev), data["dev"][1], data["C"])["macro_f1"]
-        if best is None or f1 > best[0]:
-            best = (f1, C, clf)
+    C, clf = _logreg_dev(Xtr, Xdev, data, seed)
     train_s = time.perf_counter() - t0
-    _, C, clf = best
     name = teacher.rstrip("/").split("/")[-1]
     _save_arrays(out / f"frozen-{name}-lr", {"coef": clf.coef_, "intercept": clf.intercept_},
                  {"encoder": teacher, "C": C, "max_length": max_length})

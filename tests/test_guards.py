@@ -64,26 +64,25 @@ def test_run_drops_a_weak_teacher_and_keeps_the_better_student(tmp_path, tiny_te
     assert all(f"**Decision:** teacher {d['name']} was left out" in md for d in sel["dropped"])
 
 
-def test_teacher_early_stopping_keeps_the_best_dev_epoch(tmp_path, tiny_teachers, tiny_csv):
+def _cofinetune(tmp_path, teachers, data, **extra) -> tuple[dict, dict]:
+    """A tiny run with early-stopping options; returns (teachers.json record, report.json)."""
     out = tmp_path / "run"
-    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="", teacher_epochs=5, teacher_patience=1,
-                         student_epochs=1, teacher_store=tmp_path / "store")
-    res = runner.invoke(app, args)
+    res = runner.invoke(app, tiny_run_args(out, teachers, data, baselines="", student_epochs=1,
+                                           teacher_store=tmp_path / "store", **extra))
     assert res.exit_code == 0, res.output
     rec = json.loads(next((tmp_path / "store").glob("*/teachers.json")).read_text())
+    return rec, json.loads((out / "report.json").read_text())
+
+
+def test_teacher_early_stopping_keeps_the_best_dev_epoch(tmp_path, tiny_teachers, tiny_csv):
+    rec, r = _cofinetune(tmp_path, tiny_teachers, tiny_csv, teacher_epochs=5, teacher_patience=1)
     scores = [e["extra"]["dev_mean_macro_f1"] for e in rec["epochs"]]
     assert rec["best_epoch"] == 1 + int(np.argmax(scores))
     assert len(scores) == 5 or (rec["stopped"].startswith("no dev improvement") and scores[-1] <= max(scores))
-    r = json.loads((out / "report.json").read_text())
     # the teachers written to the run are those of the best dev epoch
     assert np.mean([t["dev"]["macro_f1"] for t in r["teachers"]]) == pytest.approx(max(scores), abs=1e-6)
 
 
 def test_teacher_time_budget_stops_after_an_epoch(tmp_path, tiny_teachers, tiny_csv):
-    out = tmp_path / "run"
-    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="", teacher_epochs=3, teacher_time_budget=0.001,
-                         student_epochs=1, teacher_store=tmp_path / "store")
-    res = runner.invoke(app, args)
-    assert res.exit_code == 0, res.output
-    rec = json.loads(next((tmp_path / "store").glob("*/teachers.json")).read_text())
+    rec, _ = _cofinetune(tmp_path, tiny_teachers, tiny_csv, teacher_epochs=3, teacher_time_budget=0.001)
     assert len(rec["epochs"]) == 1 and rec["stopped"] == "time budget 0.001 s reached" and rec["best_epoch"] == 1
