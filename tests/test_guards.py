@@ -44,16 +44,17 @@ def test_run_drops_a_weak_teacher_and_keeps_the_better_student(tmp_path, tiny_te
     out = tmp_path / "run"
     # margin 0: every teacher below the best is left out; an MT-BERT student without task and KD loss
     # (hidden loss only) learns no labels, so the no-KD student wins on dev and becomes the run's student
-    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd", weak_teacher_margin=0)
-    args += ["--set", "mtbert.w_task=0", "--set", "mtbert.w_kd=0"]
+    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd,aekd,camkd,ebkd,rl", weak_teacher_margin=0)
+    args += ["--set", "mtbert.w_task=0", "--set", "mtbert.w_kd=0", "--set", "rl.episode_steps=2"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     r = json.loads((out / "report.json").read_text())
     f1 = [t["dev"]["macro_f1"] for t in r["teachers"]]
     sel = r["teacher_selection"]
     assert sel["active"] == [i for i, v in enumerate(f1) if v == max(f1)]
-    weights = r["strategies"]["mtbert"]["teacher_weights"]["mean"]
-    assert all(weights[d["index"]] == 0 for d in sel["dropped"]) and len(weights) == 2
+    for name in ("mtbert", "aekd", "camkd", "ebkd", "rl"):  # every rule runs on the remaining teacher(s)
+        weights = r["strategies"][name]["teacher_weights"]["mean"]
+        assert all(weights[d["index"]] == 0 for d in sel["dropped"]) and len(weights) == 2
     dev = {k: v["dev"]["macro_f1"]["mean"] for k, v in r["strategies"].items()}
     assert dev["nokd"] > dev["mtbert"]
     assert r["student"]["strategy"] == "nokd"

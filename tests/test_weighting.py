@@ -197,3 +197,12 @@ def test_rl_weights_split_between_selected_teachers():
         k = a[b].sum().item()
         expected = a[b] / k if k else torch.zeros(2)
         assert torch.allclose(w[:, b], expected)
+
+
+def test_aekd_with_a_single_teacher_gives_it_weight_one():
+    from distill.strategies.base import TeacherSignals
+
+    s, t, batch = _signals()
+    one = build_strategy("aekd", {}, _teachers(1), StudentSpec(4, 2, 2))  # C = 0.6 < 1/N is fine for N = 1
+    w = one.weights(s, TeacherSignals(t.logits[:1]), batch)
+    assert torch.equal(w, torch.ones(1, 3))

@@ -45,8 +45,10 @@ class AEKD(WeightedKD):
 
     Shapes: student logits (B, C); teacher logits (N, B, C); weights (N,) broadcast to (N, B).
 
+    With a single teacher (e.g. after the weak-teacher rule left the other out) its weight is 1.
+
     Raises:
-        DistillError: ``C < 1/N`` (no feasible weights).
+        DistillError: ``C < 1/N`` with N >= 2 (no feasible weights).
     """
 
     paper = ("Du et al., 'Agree to Disagree: Adaptive Ensemble Knowledge Distillation in Gradient Space', "
@@ -55,7 +57,7 @@ class AEKD(WeightedKD):
 
     def __init__(self, settings, teachers, student):
         super().__init__(settings, teachers, student)
-        if settings.C * len(teachers) < 1 - 1e-9:
+        if len(teachers) > 1 and settings.C * len(teachers) < 1 - 1e-9:
             raise DistillError(f"--set aekd.C={settings.C}: with {len(teachers)} teachers the weights cannot sum "
                                f"to 1 under that cap; use C >= {1 / len(teachers):.3f}.")
 
@@ -72,6 +74,8 @@ class AEKD(WeightedKD):
         return g
 
     def weights(self, student, teachers, batch):
+        if teachers.logits.shape[0] == 1:  # one teacher (e.g. the other left out as weak): nothing to solve
+            return torch.ones(1, student.logits.shape[0], device=student.logits.device)
         g = self.teacher_gradients(student.logits, teachers.logits).double()
         w = min_norm_weights((g @ g.T).cpu().numpy(), 0.0, self.settings.C)
         B = student.logits.shape[0]
