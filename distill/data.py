@@ -155,6 +155,7 @@ def load_table(
     header: bool = True,
     label_names: Sequence[str] | None = None,
     joiner: str = ". ",
+    label_required: bool = True,
 ) -> TextDataset:
     """Load a CSV, TSV or JSONL file.
 
@@ -168,6 +169,7 @@ def load_table(
         delimiter: override the delimiter implied by the extension.
         header: whether a CSV/TSV has a header row (columns may then be addressed by name).
         label_names: fixed ordered label names; default: sorted distinct labels.
+        label_required: False reads the texts only (labels -1) when the file has no ``label_col``.
 
     Raises:
         DistillError: missing file, unknown column, empty text, unparsable JSON line.
@@ -193,6 +195,8 @@ def load_table(
         if not rows:
             raise DistillError(f"{path}: the file has no rows.")
         keys = list(rows[0].keys())
+        if label_col and not label_required and label_col not in keys:
+            label_col = None
         for c in list(text_cols) + ([label_col] if label_col else []) + ([id_col] if id_col else []):
             if c not in keys:
                 raise DistillError(f"{path}: unknown field {c!r}; the first object has fields {keys}. "
@@ -216,6 +220,8 @@ def load_table(
         head = all_rows[0] if header else None
         body = all_rows[1:] if header else all_rows
         ncols = len(all_rows[0])
+        if label_col and not label_required and not (label_col in (head or []) or label_col.isdigit()):
+            label_col = None
         tix = [_resolve_col(c, head, ncols, path, "--text-col") for c in text_cols]
         lix = _resolve_col(label_col, head, ncols, path, "--label-col") if label_col else None
         iix = _resolve_col(id_col, head, ncols, path, "--id-col") if id_col else None

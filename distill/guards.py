@@ -9,6 +9,8 @@
   baseline in the run, the run's saved student is the no-KD student when its mean dev macro-F1 over
   the seeds is higher than the main strategy's; the report says which and why.
 
+:func:`teacher_warnings` flags a teacher that scores below the no-KD student on dev.
+
 Both rules write a sentence into the report, so a user reads what was done and why.
 """
 
@@ -92,3 +94,16 @@ def expand_weights(per_text: np.ndarray | None, active: list[int], n_teachers: i
     full[:, active] = per_text
     full[np.isnan(per_text).any(1)] = np.nan
     return full
+
+
+def teacher_warnings(teacher_metrics: list[dict], summary: dict) -> list[str]:
+    """One warning per teacher whose dev macro-F1 is below the no-KD student's (mean over seeds): a
+    teacher worse than the student trained alone has nothing to teach it (issue: make distillation pay).
+    Uses dev only, never test; empty when the run has no ``nokd`` baseline."""
+    if "nokd" not in summary:
+        return []
+    base = summary["nokd"]["dev"]["macro_f1"]["mean"]
+    return [f"teacher {t['name']} scores below the no-KD student on dev macro-F1 ({t['dev']['macro_f1']:.2f} < "
+            f"{base:.2f}): a teacher worse than the student trained alone has nothing to teach it; finetune it "
+            "longer (--teacher-epochs, --teacher-train-layers 0) or drop it."
+            for t in teacher_metrics if t["dev"]["macro_f1"] < base]

@@ -33,12 +33,9 @@ def task_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """Task loss ``CE(y, y_s)`` on gold labels, MT-BERT eq. (3), averaged over the labelled rows of
     the batch; rows labelled :data:`UNLABELED` (-1, transfer-set texts) are left out, and a batch
     without any labelled row gives 0 (still attached to the graph). Shapes (B, C), (B,)."""
-    known = labels != UNLABELED
-    if bool(known.all()):
-        return F.cross_entropy(student_logits, labels)
-    if not bool(known.any()):
+    if not bool((labels != UNLABELED).any()):
         return student_logits.sum() * 0.0
-    return F.cross_entropy(student_logits[known], labels[known])
+    return F.cross_entropy(student_logits, labels, ignore_index=UNLABELED)
 
 
 def pseudo_labels(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

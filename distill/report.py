@@ -11,6 +11,7 @@ import torch
 
 from . import __version__
 from .device import cpu_model
+from .guards import teacher_warnings
 
 log = logging.getLogger("distill")
 
@@ -58,15 +59,15 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         summary[strat]["teacher_signal"] = rs[0]["teacher_signal"]
         summary[strat]["teacher_weights"] = _weights_over_seeds(rs)
     warnings = teacher_warnings(teacher_metrics, summary)
-    sel = getattr(P, "teacher_selection", None)
-    decisions = (sel.notes if sel else []) + ([P.student_note] if getattr(P, "student_note", None) else [])
+    sel = P.teacher_selection
+    decisions = sel.notes + ([P.student_note] if P.student_note else [])
     for w in warnings:
         log.warning(w)
     return {
         "version": __version__,
         "warnings": warnings,
         "decisions": decisions,
-        "teacher_selection": sel.to_dict() if sel else None,
+        "teacher_selection": sel.to_dict(),
         "config": cfg.to_dict(),
         "data": {"source": P.ds.source, "rows": len(P.ds), "label_names": P.ds.label_names,
                  "split": {"seed": cfg.seed, "sizes": P.split.sizes(), "fractions": P.split.fractions,
@@ -93,19 +94,6 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
                    "torch": torch.__version__, "transformers": transformers.__version__,
                    "python": platform.python_version()},
     }
-
-
-def teacher_warnings(teacher_metrics: list[dict], summary: dict) -> list[str]:
-    """One warning per teacher whose dev macro-F1 is below the no-KD student's (mean over seeds): a
-    teacher worse than the student trained alone has nothing to teach it (issue: make distillation pay).
-    Uses dev only, never test; empty when the run has no ``nokd`` baseline."""
-    if "nokd" not in summary:
-        return []
-    base = summary["nokd"]["dev"]["macro_f1"]["mean"]
-    return [f"teacher {t['name']} scores below the no-KD student on dev macro-F1 ({t['dev']['macro_f1']:.2f} < "
-            f"{base:.2f}): a teacher worse than the student trained alone has nothing to teach it; finetune it "
-            "longer (--teacher-epochs, --teacher-train-layers 0) or drop it."
-            for t in teacher_metrics if t["dev"]["macro_f1"] < base]
 
 
 def _pm(d: dict, digits: int = 2) -> str:

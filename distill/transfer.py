@@ -21,8 +21,6 @@ training: a file containing one is refused; rows of the training part with such 
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -30,10 +28,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .data import TextDataset, _finish, detect_format, load_dataset, load_table
-from .split import Split
 from .errors import DistillError
 from .losses import UNLABELED
 from .runio import fingerprint
+from .split import Split
 
 log = logging.getLogger("distill")
 
@@ -71,23 +69,6 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def _table_columns(path: Path) -> list[str]:
-    """Column names of a CSV/TSV header row or of the first JSONL object ([] when unreadable)."""
-    with path.open(encoding="utf-8", newline="") as fh:
-        if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-            for line in fh:
-                if line.strip():
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError:
-                        return []
-                    return list(obj) if isinstance(obj, dict) else []
-            return []
-        delim = "\t" if path.suffix.lower() == ".tsv" else ","
-        return next(csv.reader(fh, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL),
-                    [])
-
-
 def read_texts(path: str | Path, text_cols: Sequence[str] = ("text",), label_col: str | None = None,
                id_col: str | None = None, fmt: str = "auto") -> TextDataset:
     """Texts to label from ``path``, in any format :func:`distill.data.load_dataset` reads, or a
@@ -112,9 +93,8 @@ def read_texts(path: str | Path, text_cols: Sequence[str] = ("text",), label_col
         return _finish(ids, texts, None, source=str(p))
     kind = detect_format(p) if fmt == "auto" else fmt
     if kind in ("table", "csv", "tsv", "jsonl"):
-        has_label = label_col is not None and (label_col in _table_columns(p) or label_col.isdigit())
-        return load_table(p, text_cols=text_cols, label_col=label_col if has_label else None, id_col=id_col,
-                          delimiter="\t" if kind == "tsv" else None)
+        return load_table(p, text_cols=text_cols, label_col=label_col, id_col=id_col,
+                          delimiter="\t" if kind == "tsv" else None, label_required=False)
     ds = load_dataset(str(p), kind, text_cols, label_col or "label", id_col)
     if label_col is None:
         ds.labels, ds.label_names = [UNLABELED] * len(ds), []

@@ -124,7 +124,7 @@ def test_run_refuses_a_transfer_file_with_test_texts(tmp_path, tiny_teachers, ti
 
 
 def test_report_warns_about_a_teacher_worse_than_the_student_alone():
-    from distill.report import teacher_warnings
+    from distill.guards import teacher_warnings
 
     teachers = [{"name": "weak", "dev": {"macro_f1": 40.0}}, {"name": "strong", "dev": {"macro_f1": 60.0}}]
     summary = {"nokd": {"dev": {"macro_f1": {"mean": 48.0}}}}
