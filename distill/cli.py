@@ -54,14 +54,14 @@ def run(
     head_lr: float = typer.Option(1e-3, help="Learning rate of the new heads, projections and W_ij matrices."),
     head_dim: Optional[int] = typer.Option(None, help="Size of the shared head space (default: smallest teacher hidden size)."),
     pooling: str = typer.Option("attentive", help="attentive (MT-BERT, query dim 200) | mean | cls."),
-    student: Optional[str] = typer.Option(None, help="Student: default = token embeddings + first K layers of the smallest teacher; or a HF checkpoint (hub id/folder) or a config.json (random init)."),
+    student: Optional[str] = typer.Option(None, help="Student: default = token embeddings + first K layers of the smallest teacher; 'textcnn' = paper 003's TextCNN (settings: --set textcnn.FIELD=VALUE, see `distill strategies`); or a HF checkpoint (hub id/folder) or a config.json (random init)."),
     student_from: Optional[int] = typer.Option(None, help="Index of the teacher the student is cut from (and whose tokenizer it uses)."),
     student_layers: Optional[int] = typer.Option(None, "--student-layers", "-k", help="Student depth K (default half the source teacher's depth)."),
     student_head_init: str = typer.Option("shared", help="shared = start from the co-finetuned shared head when sizes match; random."),
     strategy: str = typer.Option("mtbert", help="Distillation strategy (`distill strategies` lists them): mtbert | camkd | ebkd | aekd | rl | avg | hinton | nokd."),
     baselines: str = typer.Option("nokd", help="Comma-separated strategies trained beside it for comparison ('' for none), e.g. nokd,hinton,avg,camkd."),
-    student_epochs: int = typer.Option(3, help="Student training epochs."),
-    student_lr: float = typer.Option(1e-4, help="Student encoder learning rate (AdamW)."),
+    student_epochs: int = typer.Option(3, help="Student training epochs (the TextCNN: --set textcnn.epochs)."),
+    student_lr: float = typer.Option(1e-4, help="Student encoder learning rate (AdamW; the TextCNN: --set textcnn.lr)."),
     student_batch_size: int = typer.Option(16, help="Student batch size."),
     repeats: int = typer.Option(1, help="Number of student seeds (seed, seed+1, ...); results as mean and std. With --resume it may change: more seeds are added to the run, fewer report the first ones."),
     weak_teacher_margin: Optional[str] = typer.Option("3", help="Leave a teacher out of distillation when its dev macro-F1 is more than this many points below the best teacher's ('none' keeps every teacher)."),
@@ -163,19 +163,21 @@ def strategies_cmd(
     import json as _json
 
     from .strategies import STRATEGIES, settings_table
+    from .textcnn import TextCNN, TextCNNSettings
 
+    entries = [(n, c.__doc__, c.paper, settings_table(n)) for n, c in STRATEGIES.items()]
+    entries.append(("textcnn", "The TextCNN student (--student textcnn), not a strategy: " + (TextCNN.__doc__ or ""),
+                    "paper 003 (METHODS.md section 3)", settings_table(TextCNNSettings)))
     if as_json:
-        typer.echo(_json.dumps({n: {"paper": c.paper, "doc": (c.__doc__ or "").strip().split("\n")[0],
-                                    "settings": settings_table(n)} for n, c in STRATEGIES.items()},
-                               indent=2, default=str))
+        typer.echo(_json.dumps({n: {"paper": paper, "doc": (doc or "").strip().split("\n")[0], "settings": rows}
+                                for n, doc, paper, rows in entries}, indent=2, default=str))
         return
     typer.echo("Set any of these with --set STRATEGY.FIELD=VALUE (repeatable) on `distill run`.\n")
-    for name, cls in STRATEGIES.items():
+    for name, doc, paper, rows in entries:
         typer.secho(name, bold=True)
-        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        summary = " ".join((doc or "").strip().split("\n\n")[0].split())
         typer.echo(f"  {summary}")
-        typer.echo(f"  paper: {cls.paper}")
-        rows = settings_table(name)
+        typer.echo(f"  paper: {paper}")
         width = max([len(f"{name}.{r['name']}") for r in rows], default=0)
         for r in rows:
             rng = f" [{r['range']}]" if r["range"] else ""

@@ -89,6 +89,21 @@ class RunConfig:
 
         return resolve_settings(name, self.settings.get(name))
 
+    @property
+    def textcnn(self) -> bool:
+        """True when the student is paper 003's TextCNN (``--student textcnn``)."""
+        return self.student == "textcnn"
+
+    def textcnn_settings(self):
+        """The TextCNN student's validated settings (``--set textcnn.FIELD=VALUE``).
+
+        Raises:
+            DistillError: unknown setting or a value out of range.
+        """
+        from .textcnn import textcnn_settings
+
+        return textcnn_settings(self.settings.get("textcnn"))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -119,7 +134,12 @@ class RunConfig:
                 raise DistillError(f"unknown strategy {name!r} (--strategy/--baselines); choose from {sorted(STRATEGIES)} "
                                    "(see `distill strategies`).")
         for name in self.settings:
-            self.strategy_settings(name)
+            if name == "textcnn":
+                if not self.textcnn:
+                    raise DistillError("--set textcnn.*: TextCNN settings need --student textcnn.")
+                self.textcnn_settings()
+            else:
+                self.strategy_settings(name)
         checks = [("max_length", self.max_length >= 8), ("teacher_epochs", self.teacher_epochs >= 0),
                   ("student_epochs", self.student_epochs >= 1), ("repeats", self.repeats >= 1),
                   ("teacher_batch_size", self.teacher_batch_size >= 1),

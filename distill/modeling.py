@@ -28,6 +28,7 @@ from torch import nn
 from .errors import DistillError
 
 HEAD_FILE = "head.safetensors"
+POOLINGS = ("attentive", "mean", "cls", "cnn")
 META_FILE = "classifier.json"
 
 
@@ -57,21 +58,37 @@ class AttentivePooling(nn.Module):
 class ClassificationHead(nn.Module):
     """Pooling + dropout + linear prediction layer; shared by all teachers in co-finetuning.
 
-    Shapes: ``h`` (B, L, dim), ``mask`` (B, L) -> logits (B, num_labels), pooled (B, dim).
+    ``pooling``: ``attentive`` (MT-BERT), ``mean``, ``cls``, or ``cnn``: the TextCNN feature head of
+    paper 003's BERT-CNN teacher (:class:`distill.textcnn.ConvFeatures`, kernels 2/3/4 x 256 filters
+    over the token states), whose pooled feature the TextCNN student's hint loss matches (eqs. (8)-(10)).
+
+    Shapes: ``h`` (B, L, dim), ``mask`` (B, L) -> logits (B, num_labels), pooled (B, dim), or
+    (B, 768) for ``cnn``.
     """
 
     def __init__(self, dim: int, num_labels: int, query_dim: int = 200, dropout: float = 0.1,
                  pooling: str = "attentive"):
         super().__init__()
-        if pooling not in ("attentive", "mean", "cls"):
-            raise DistillError(f"--pooling must be attentive, mean or cls, not {pooling!r}")
+        if pooling not in POOLINGS:
+            raise DistillError(f"--pooling must be one of {', '.join(POOLINGS)}, not {pooling!r}")
         self.pooling = pooling
-        self.pool = AttentivePooling(dim, query_dim) if pooling == "attentive" else None
+        self.pool = None
+        if pooling == "attentive":
+            self.pool = AttentivePooling(dim, query_dim)
+        elif pooling == "cnn":
+            from .textcnn import ConvFeatures
+
+            self.pool = ConvFeatures(dim)
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(dim, num_labels)
+        self.classifier = nn.Linear(self.pool.out_features if pooling == "cnn" else dim, num_labels)
+
+    @property
+    def feature_size(self) -> int:
+        """Size of the pooled feature fed to the prediction layer."""
+        return self.classifier.in_features
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.pooling == "attentive":
+        if self.pool is not None:
             e = self.pool(h, mask)
         elif self.pooling == "mean":
             e = masked_mean(h, mask)
@@ -203,15 +220,22 @@ def save_classifier(model: EncoderClassifier, tokenizer, folder: Path, meta: dic
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "architecture", "transformer") == "textcnn":
+        from .textcnn import save_textcnn
+
+        tokenizer.save_pretrained(str(folder))
+        full = dict(meta, **save_textcnn(model, folder), format="distill-classifier/1")
+        (folder / META_FILE).write_text(json.dumps(full, indent=2))
+        return
     model.encoder.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
     save_file({k: v.detach().cpu().contiguous() for k, v in model.head_state().items()}, str(folder / HEAD_FILE))
     full = dict(meta)
     full.update({"hidden_size": model.hidden_size, "num_layers": model.num_layers,
-                 "head_dim": model.head.classifier.in_features,
+                 "head_dim": model.proj.out_features if isinstance(model.proj, nn.Linear) else model.hidden_size,
                  "num_labels": model.head.classifier.out_features,
                  "pooling": model.head.pooling,
-                 "query_dim": model.head.pool.proj.out_features if model.head.pool is not None else None,
+                 "query_dim": model.head.pool.proj.out_features if model.head.pooling == "attentive" else None,
                  "projection": not isinstance(model.proj, nn.Identity),
                  "format": "distill-classifier/1"})
     (folder / META_FILE).write_text(json.dumps(full, indent=2))
@@ -230,11 +254,17 @@ def load_classifier(folder: str | Path, device: str = "cpu") -> tuple[EncoderCla
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    for f in ("config.json", "model.safetensors", HEAD_FILE, META_FILE):
+    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+    textcnn = meta.get("architecture") == "textcnn"
+    need = ("model.safetensors", META_FILE) if textcnn else ("config.json", "model.safetensors", HEAD_FILE, META_FILE)
+    for f in need:
         if not (folder / f).is_file():
             raise DistillError(f"{folder}: missing {f}; this is not a complete classifier folder "
                                "(was the run interrupted? rerun `distill run --resume`).")
-    meta = json.loads((folder / META_FILE).read_text())
+    if textcnn:
+        from .textcnn import load_textcnn
+
+        return load_textcnn(folder, meta).to(device).eval(), AutoTokenizer.from_pretrained(str(folder)), meta
     enc = load_encoder(folder)
     head = ClassificationHead(meta["head_dim"], meta["num_labels"], meta.get("query_dim") or 200,
                               pooling=meta.get("pooling", "attentive"))

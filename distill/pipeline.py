@@ -132,7 +132,15 @@ def prepare(cfg: RunConfig) -> Prepared:
         P.teacher_toks.append(AutoTokenizer.from_pretrained(str(p), trust_remote_code=cfg.trust_remote_code))
     P.head_dim = cfg.head_dim or min(c.hidden_size for c in P.teacher_cfgs)
     # student
-    if cfg.student is None:
+    if cfg.textcnn:
+        idx = cfg.student_from if cfg.student_from is not None else min(
+            range(len(P.teacher_cfgs)), key=lambda i: P.teacher_cfgs[i].hidden_size ** 2 * P.teacher_cfgs[i].num_hidden_layers)
+        settings = cfg.textcnn_settings()
+        P.K, hidden = 0, settings.feature_size
+        P.student_tok = P.teacher_toks[idx]
+        P.student_source = {"kind": "textcnn", "tokenizer_from": cfg.teachers[idx], "teacher_index": idx,
+                            "settings": settings.model_dump()}
+    elif cfg.student is None:
         idx = cfg.student_from
         if idx is None:  # smallest teacher by (hidden size * depth)
             idx = min(range(len(P.teacher_cfgs)),
@@ -174,8 +182,12 @@ def prepare(cfg: RunConfig) -> Prepared:
     # build every strategy once: checks that need the teachers and the student (e.g. aekd's C >= 1/N)
     # fail here, before any training; and what the teacher-output cache must hold
     tspecs, sspec = specs(cfg, P)
-    P.needs_layers = any(build_strategy(s, cfg.strategy_settings(s), tspecs, sspec).needs.layers
-                         for s in cfg.strategies)
+    layered = [s for s in cfg.strategies if build_strategy(s, cfg.strategy_settings(s), tspecs, sspec).needs.layers]
+    if layered and cfg.textcnn:
+        raise DistillError(f"--student textcnn: strategy {layered[0]!r} needs the student's Transformer layers "
+                           f"(hidden-state loss), which a TextCNN has none of. Use --strategy camkd (paper 003), avg, "
+                           f"hinton, ebkd, aekd or rl, or turn the layer loss off (--set mtbert.w_hid=0).")
+    P.needs_layers = bool(layered)
     return P
 
 
@@ -322,16 +334,16 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
     if state.done(phase):
         return state.get(phase)
     C = len(P.ds.label_names)
-    student = build_student(cfg, P, teachers, seed)
     strategy = build_strategy(strat, cfg.strategy_settings(strat), tspecs, sspec)
+    # strategies that learn from teachers also train on the transfer set (task loss on labelled rows only)
+    rows = P.split.train + (P.transfer.rows if strategy.needs.teachers else [])
+    student = build_student(cfg, P, teachers, seed, stok, P.split.train + P.transfer.rows)
     ckpt = run_dir / "checkpoints" / f"{strat}-seed{seed}.ckpt"
     resume_state = load_checkpoint(ckpt) if ckpt.is_file() else None
     if resume_state is not None:
         log.info("resuming %s after epoch %d", phase, len(resume_state["logs"]))
     evaluate = Evaluator(student, stok, P.ds.labels, {"dev": P.split.dev}, C, device, cfg.eval_batch_size,
                               precision)
-    # strategies that learn from teachers also train on the transfer set (task loss on labelled rows only)
-    rows = P.split.train + (P.transfer.rows if strategy.needs.teachers else [])
     t0 = time.perf_counter()
     result = train_student(student, strategy, stok, P.train_labels, rows, provider, fit_settings(cfg, seed),
                            device=device, precision=precision, evaluate=evaluate,

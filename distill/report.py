@@ -159,8 +159,9 @@ def render_markdown(r: dict) -> str:
 
     c = r["compression"]
     L.append("## Compression\n")
-    L.append(f"- Student: {st['layers']} layers, hidden {st['source']['hidden_size']}, {st['params']:,} parameters "
-             f"({_student_src(st['source'])}).")
+    shape = (f"TextCNN, feature size {st['source']['hidden_size']}" if st["source"]["kind"] == "textcnn"
+             else f"{st['layers']} layers, hidden {st['source']['hidden_size']}")
+    L.append(f"- Student: {shape}, {st['params']:,} parameters ({_student_src(st['source'])}).")
     L.append(f"- Ensemble / student parameters: **{c['ensemble_over_student']:.2f}x** "
              f"(student = {100 * c['student_share_of_ensemble']:.1f}% of the ensemble).")
     L.append(f"- Mean teacher / student parameters (\"times smaller\", paper 004): **{c['mean_teacher_over_student']:.2f}x**.")
@@ -215,6 +216,10 @@ def render_markdown(r: dict) -> str:
 
 
 def _student_src(src: dict) -> str:
+    if src["kind"] == "textcnn":
+        from .textcnn import TextCNNSettings, describe
+
+        return f"{describe(TextCNNSettings(**src['settings']))}; tokenizer of {src['tokenizer_from']}"
     if src["kind"] == "teacher-prefix":
         return f"token embeddings + first {src['layers']} layers of {src['teacher']}"
     if src["kind"] == "config":

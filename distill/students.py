@@ -14,13 +14,22 @@ from .tokens import Tokenized
 from .trainer import FitResult, FitSettings, fit
 
 
-def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int) -> EncoderClassifier:
-    """Student encoder (teacher prefix, checkpoint or config) + head (from the shared head when sizes allow).
+def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int, stok: Tokenized | None = None,
+                  rows: list[int] | None = None):
+    """Student encoder (teacher prefix, checkpoint or config) + head (from the shared head when sizes allow),
+    or the TextCNN (:mod:`distill.textcnn`; its vocabulary from ``stok``'s ids of the training ``rows``,
+    its embeddings from the tokenizer teacher's token embeddings).
 
     Seeds torch with ``seed`` first, so the same seed gives the same initialisation.
     """
     torch.manual_seed(seed)
     src = P.student_source
+    if src["kind"] == "textcnn":
+        from .textcnn import build_textcnn
+
+        emb = teachers[src["teacher_index"]].encoder.get_input_embeddings().weight
+        return build_textcnn(cfg.textcnn_settings(), P.student_tok, [stok.ids[r] for r in rows],
+                             len(P.ds.label_names), emb)
     if src["kind"] == "config":
         enc = encoder_from_config(src["config"])
     else:
@@ -35,13 +44,22 @@ def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int) -> Encod
 def specs(cfg, P, teacher_dev_f1: list[float] | None = None) -> tuple[list[TeacherSpec], StudentSpec]:
     """What the strategies need to know about the teachers and the student."""
     f1 = teacher_dev_f1 or [None] * len(cfg.teachers)
-    tspecs = [TeacherSpec(n, c.hidden_size, c.num_hidden_layers, lm, tl, P.head_dim, f)
+    pooled = P.head_dim
+    if cfg.pooling == "cnn":
+        from .textcnn import CNN_HEAD_FILTERS, CNN_HEAD_KERNELS
+
+        pooled = len(CNN_HEAD_KERNELS) * CNN_HEAD_FILTERS
+    tspecs = [TeacherSpec(n, c.hidden_size, c.num_hidden_layers, lm, tl, pooled, f)
               for n, c, lm, tl, f in zip(cfg.teachers, P.teacher_cfgs, P.layer_maps, P.token_level, f1)]
     return tspecs, StudentSpec(P.student_source["hidden_size"], P.K, len(P.ds.label_names))
 
 
 def fit_settings(cfg, seed: int, max_steps: int | None = None) -> FitSettings:
-    """The student's :class:`~distill.trainer.FitSettings` from the run config."""
+    """The student's :class:`~distill.trainer.FitSettings` from the run config (the TextCNN: its own
+    epochs, and its learning rate for every parameter)."""
+    if cfg.textcnn:
+        t = cfg.textcnn_settings()
+        return FitSettings(t.epochs, cfg.student_batch_size, t.lr, t.lr, cfg.weight_decay, cfg.warmup, seed, max_steps)
     return FitSettings(cfg.student_epochs, cfg.student_batch_size, cfg.student_lr, cfg.head_lr, cfg.weight_decay,
                        cfg.warmup, seed, max_steps)
 

@@ -239,9 +239,10 @@ class DistillStrategy(nn.Module):
         return f"{self.name}{' (' + vals + ')' if vals else ''}"
 
 
-def settings_table(name: str) -> list[dict]:
-    """Strategy ``name``'s settings as rows ``{name, type, default, range, description}``."""
-    cls = STRATEGIES[name].Settings
+def settings_table(name) -> list[dict]:
+    """Strategy ``name``'s settings (or those of a pydantic settings class) as rows
+    ``{name, type, default, range, description}``."""
+    cls = STRATEGIES[name].Settings if isinstance(name, str) else name
     rows = []
     for fname, f in cls.model_fields.items():
         rng = []
