@@ -132,9 +132,14 @@ class TeacherProvider:
         return TeacherSignals(torch.stack(all_logits), layers, torch.stack(all_pooled))
 
 
-def _key(K, token_level, layer_maps, layers: bool, cache: bool, dev, test, transfer: str | None) -> str:
-    key = {"schema": SCHEMA_VERSION, "K": K, "token_level": token_level, "layer_maps": layer_maps,
-           "layers": layers, "cache": cache, "dev": dev, "test": test}
+def _key(K, token_level, layer_maps, layers: bool, cache: bool, dev, test, transfer: str | None,
+         legacy: bool = False) -> str:
+    """File fingerprint. The student's depth and layer map only matter to a file that holds layer
+    states, so a layer-free file serves every student (a TextCNN, a K-layer encoder); ``legacy`` gives
+    the key of layer-free files written before that rule (still read)."""
+    key = {"schema": SCHEMA_VERSION, "layers": layers, "cache": cache, "dev": dev, "test": test}
+    if layers or legacy:
+        key.update({"K": K, "token_level": token_level, "layer_maps": layer_maps})
     if transfer and cache:  # a transfer set only changes what the training-split cache holds
         key["transfer"] = transfer
     return fingerprint(key)
@@ -177,7 +182,8 @@ def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_
     cache_rows = list(split.train) + list(transfer_rows)
     candidates = [_key(*args, True, True, split.dev, split.test, transfer_key)] if use_cache else []
     if not (use_cache and needs_layers):
-        candidates.append(_key(*args, False, use_cache, split.dev, split.test, transfer_key))
+        candidates += [_key(*args, False, use_cache, split.dev, split.test, transfer_key, legacy=legacy)
+                       for legacy in (False, True)]
     flat, path = None, store / f"outputs-{candidates[0]}.safetensors"
     for key in candidates:
         flat = _read(store / f"outputs-{key}.safetensors")

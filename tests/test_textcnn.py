@@ -161,3 +161,16 @@ def test_textcnn_refuses_a_layer_loss_before_training(tmp_path, tiny_teachers, t
     res = runner.invoke(app, tiny_run_args(tmp_path / "s", tiny_teachers, tiny_csv, strategy="camkd")
                         + ["--set", "textcnn.filters=8"])
     assert res.exit_code != 0 and "need --student textcnn" in res.output
+
+
+def test_layer_free_teacher_cache_serves_students_of_any_shape(tmp_path, tiny_teachers, tiny_csv):
+    """A cache file without layer states (camkd) is reused by a TextCNN run: the student's depth is not
+    part of its key."""
+    store = tmp_path / "store"
+    args = dict(strategy="camkd", baselines="nokd", teacher_store=store)
+    res = runner.invoke(app, tiny_run_args(tmp_path / "a", tiny_teachers, tiny_csv, student_layers=1, **args))
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, tiny_run_args(tmp_path / "b", tiny_teachers, tiny_csv, student="textcnn", **args) + SMALL)
+    assert res.exit_code == 0, res.output
+    a, b = (json.loads((tmp_path / x / "report.json").read_text())["cache"] for x in "ab")
+    assert not a["reused"] and b["reused"] and a["file"] == b["file"]
