@@ -157,9 +157,9 @@ def _training(tr: dict, L: list[str]) -> None:
     if tr.get("note"):
         L.append(f"Note: {tr['note']}.\n")
     r = tr["ratios"]
-    for key, label in (("cache_speedup_mtbert", "mtbert"), ("cache_speedup_avg", "avg")):
-        if key in r:
-            L.append(f"- Teacher-output cache speed-up ({label}): **{r[key]:.2f}x** samples/s (cache / online).")
+    for key in (k for k in r if k.startswith("cache_speedup_")):
+        L.append(f"- Teacher-output cache speed-up ({key[len('cache_speedup_'):]}): **{r[key]:.2f}x** samples/s "
+                 "(cache / online).")
     L.append("")
     tb = tr.get("textbrewer") or {}
     L.append("### Against TextBrewer\n")

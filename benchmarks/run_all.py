@@ -80,7 +80,7 @@ def main(run_dir: str | Path, quick: bool = False, textbrewer: bool = True, serv
         allow_export: export the student (``export.onnx_export.export_run``) when ``RUN_DIR/export``
             is missing.
         budget_s: wall-clock budget of the whole command in seconds (default 840 s in full mode,
-            none in quick mode); the last training measurement (``mtbert`` online) is shortened
+            none in quick mode); the last training measurement (the main strategy online) is shortened
             when needed to stay within it. The other measurements keep their minimum run counts.
 
     Returns:

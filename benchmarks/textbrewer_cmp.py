@@ -11,7 +11,7 @@ What is compared (recorded in the results):
   strategy's weights and temperature; TextBrewer averages the teachers' *logits*, ours their
   tempered *probabilities*);
 * our ``avg`` strategy online (teachers run at every step: the same amount of work) and with our
-  teacher-output cache, and ``mtbert`` (our main strategy).
+  teacher-output cache, and the run's main strategy (``mtbert`` by default).
 
 Different tokenizers: TextBrewer feeds every teacher the same ``teacher`` part of the batch
 (``model_t(**batch["teacher"])``), so the batch carries each teacher's own tokenisation under
@@ -133,18 +133,19 @@ def run_textbrewer(ctx, steps: int, seed: int) -> dict:
         return {"skipped": True, "reason": reason}
     from transformers import get_linear_schedule_with_warmup
 
-    from distill.students import build_student
+    from distill.students import fit_settings
 
-    from .training import evaluate
+    from .training import evaluate, fresh_student
 
     cfg = ctx.cfg
     logging.getLogger("Distillation").setLevel(logging.WARNING)
-    student = build_student(cfg, ctx.P, ctx.teachers, seed)
+    student = fresh_student(ctx, seed)
+    fs = fit_settings(cfg, seed)
     model_S = _StudentView(student, ctx.device, ctx.precision).to(ctx.device)
     model_T = [_TeacherView(t, i, ctx.device, ctx.precision).eval() for i, t in enumerate(ctx.teachers)]
     enc = [p for n, p in student.named_parameters() if n.startswith("encoder.")]
     head = [p for n, p in student.named_parameters() if not n.startswith("encoder.")]
-    opt = torch.optim.AdamW([{"params": enc, "lr": cfg.student_lr}, {"params": head, "lr": cfg.head_lr}],
+    opt = torch.optim.AdamW([{"params": enc, "lr": fs.lr}, {"params": head, "lr": fs.head_lr}],
                             weight_decay=cfg.weight_decay)
     avg = cfg.strategy_settings("avg")
     T, alpha = avg.temperature, avg.alpha
@@ -179,7 +180,7 @@ def run_textbrewer(ctx, steps: int, seed: int) -> dict:
             "student_init": "distill.pipeline.build_student (same seed as ours)",
             "batches": "the first N batches of our trainer's epoch-1 order (same rows, same dynamic padding)",
             "steps": n_steps, "batch_size": cfg.student_batch_size, "max_length": cfg.max_length,
-            "optimizer": f"AdamW (encoder lr {cfg.student_lr}, head lr {cfg.head_lr}, wd {cfg.weight_decay}), "
+            "optimizer": f"AdamW (encoder lr {fs.lr}, head lr {fs.head_lr}, wd {cfg.weight_decay}), "
                          f"linear schedule with {int(cfg.warmup * n_steps)} warm-up steps, grad clip 1.0",
             "loss": f"{alpha * T * T:g} * CE(softmax(mean teacher logits / {T:g}), student at T) + "
                     f"{1 - alpha:g} * CE(y, student)",
@@ -198,7 +199,7 @@ def compare(tb: dict, ours: dict) -> dict:
     if tb.get("skipped"):
         return tb
     ref = tb["textbrewer"]
-    sel = {k: ours[k] for k in ("avg_online", "avg_cache", "mtbert_cache", "mtbert_online") if k in ours}
+    sel = {k: v for k, v in ours.items() if k.endswith(("_online", "_cache"))}
     ratios = {f"{k}_over_textbrewer_samples_per_s": v["samples_per_s"] / ref["samples_per_s"] for k, v in sel.items()}
     for k, v in sel.items():
         if "test" in v:

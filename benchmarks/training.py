@@ -147,6 +147,14 @@ def evaluate(ctx: TrainContext, student) -> dict:
     return classification_metrics(logits, [ctx.P.ds.labels[r] for r in rows], len(ctx.P.ds.label_names))
 
 
+def fresh_student(ctx: TrainContext, seed: int):
+    """The run's student initialisation for ``seed`` (a TextCNN gets the run's vocabulary: the ids of
+    the training texts and of the transfer set)."""
+    from distill.students import build_student
+
+    return build_student(ctx.cfg, ctx.P, ctx.teachers, seed, ctx.stok, ctx.P.split.train + ctx.P.transfer.rows)
+
+
 def measure_ours(ctx: TrainContext, strategy: str, provider, steps: int, seed: int, score: bool = False) -> dict:
     """Train a fresh student (the run's initialisation) for ``steps`` optimisation steps with
     :func:`distill.students.train_student` (i.e. :func:`distill.trainer.fit`) and time it.
@@ -157,10 +165,10 @@ def measure_ours(ctx: TrainContext, strategy: str, provider, steps: int, seed: i
         ``projected_epoch_s`` (training-split size / samples_per_s) and, with ``score``, ``test``.
     """
     from distill.strategies import build_strategy
-    from distill.students import build_student, fit_settings, train_student
+    from distill.students import fit_settings, train_student
 
     cfg = ctx.cfg
-    student = build_student(cfg, ctx.P, ctx.teachers, seed)
+    student = fresh_student(ctx, seed)
     strat = build_strategy(strategy, cfg.strategy_settings(strategy), ctx.tspecs, ctx.sspec)
     t0 = time.perf_counter()
     logs = train_student(student, strat, ctx.stok, ctx.P.ds.labels, ctx.P.split.train, provider,
@@ -183,14 +191,15 @@ def run_training(run_dir: Path, report: dict, steps: int, textbrewer: bool, seed
     """The training-cost section: recorded costs, fresh step-capped measurements, TextBrewer comparison.
 
     Measurements (all ``steps`` optimisation steps, the run's batch size, seed and student init),
-    in this order: ``nokd`` (student-only floor), ``mtbert`` and ``avg`` with the teacher-output
-    cache, ``avg`` online (teachers run at every step), TextBrewer's ``MultiTeacherDistiller``
-    (online; the only mode it offers with a step cap) and ``mtbert`` online. Students trained with
-    ``mtbert`` (cache), ``avg`` (online) and by TextBrewer are scored on the test split.
+    in this order: ``nokd`` (student-only floor), the run's main strategy (``mtbert`` by default,
+    ``camkd`` for a TextCNN run) and ``avg`` with the teacher-output cache, ``avg`` online (teachers
+    run at every step), TextBrewer's ``MultiTeacherDistiller`` (online; the only mode it offers with
+    a step cap) and the main strategy online. Students trained with the main strategy (cache),
+    ``avg`` (online) and by TextBrewer are scored on the test split.
 
     Args:
         deadline: ``time.perf_counter()`` value by which the section should end; the last
-            measurement (``mtbert`` online, samples/s only) gets fewer steps (at least 5) when
+            measurement (main strategy online, samples/s only) gets fewer steps (at least 5) when
             the per-step time seen so far says it would not fit. None = no limit.
 
     Returns:
@@ -207,21 +216,28 @@ def run_training(run_dir: Path, report: dict, steps: int, textbrewer: bool, seed
                 "threads": torch.get_num_threads(), "seed": seed, "batch_size": ctx.cfg.student_batch_size,
                 "max_length": ctx.cfg.max_length, "train_examples": len(ctx.P.split.train)})
     F = out["fresh"]
+    from distill.strategies import build_strategy
+
+    main = ctx.cfg.strategy
+    if main in ("nokd", "avg"):  # avg is measured anyway: take the default method of this student
+        main = "camkd" if ctx.cfg.textcnn else "mtbert"
+    main_layers = build_strategy(main, ctx.cfg.strategy_settings(main), ctx.tspecs, ctx.sspec).needs.layers
+    out["main_strategy"] = main
     F["nokd"] = measure_ours(ctx, "nokd", None, steps, seed)
     outs, info = cached_outputs(ctx)
     out["cache"] = info
-    prov_hidden, prov_logits = cached_provider(ctx, outs, True), cached_provider(ctx, outs, False)
-    if prov_hidden is not None:
-        F["mtbert_cache"] = measure_ours(ctx, "mtbert", prov_hidden, steps, seed, score=True)
+    prov_main, prov_logits = cached_provider(ctx, outs, main_layers), cached_provider(ctx, outs, False)
+    if prov_main is not None:
+        F[f"{main}_cache"] = measure_ours(ctx, main, prov_main, steps, seed, score=True)
     else:
         out.setdefault("cache_skipped", []).append(
-            f"mtbert with cache: teacher-output cache mode is {info['mode']}"
+            f"{main} with cache: teacher-output cache mode is {info['mode']}"
             + ("" if info["mode"] != "cache" else " but it holds no hidden states (the run needed none)"))
     if prov_logits is not None:
         F["avg_cache"] = measure_ours(ctx, "avg", prov_logits, steps, seed)
     else:
         out.setdefault("cache_skipped", []).append(f"avg with cache: teacher-output cache mode is {info['mode']}")
-    del outs, prov_hidden, prov_logits
+    del outs, prov_main, prov_logits
     F["avg_online"] = measure_ours(ctx, "avg", online_provider(ctx, False), steps, seed, score=True)
     tb = {"skipped": True, "reason": "disabled with --no-textbrewer"}
     if textbrewer:
@@ -234,15 +250,15 @@ def run_training(run_dir: Path, report: dict, steps: int, textbrewer: bool, seed
         fit = int((deadline - time.perf_counter()) / per_step)
         if fit < steps:
             mo_steps = max(5, fit)
-            out["note"] = (f"mtbert online ran {mo_steps} steps instead of {steps} to keep the benchmark "
+            out["note"] = (f"{main} online ran {mo_steps} steps instead of {steps} to keep the benchmark "
                            "within its time budget (samples/s only)")
             log.warning(out["note"])
-    F["mtbert_online"] = measure_ours(ctx, "mtbert", online_provider(ctx, True), mo_steps, seed,
-                                      score="mtbert_cache" not in F)
+    F[f"{main}_online"] = measure_ours(ctx, main, online_provider(ctx, main_layers), mo_steps, seed,
+                                       score=f"{main}_cache" not in F)
     base = F["nokd"]["samples_per_s"]
     out["ratios"] = {k: {"over_nokd": v["samples_per_s"] / base} for k, v in F.items()}
-    if "mtbert_cache" in F:
-        out["ratios"]["cache_speedup_mtbert"] = F["mtbert_cache"]["samples_per_s"] / F["mtbert_online"]["samples_per_s"]
+    if f"{main}_cache" in F:
+        out["ratios"][f"cache_speedup_{main}"] = F[f"{main}_cache"]["samples_per_s"] / F[f"{main}_online"]["samples_per_s"]
     if "avg_cache" in F:
         out["ratios"]["cache_speedup_avg"] = F["avg_cache"]["samples_per_s"] / F["avg_online"]["samples_per_s"]
     from .textbrewer_cmp import compare

@@ -105,7 +105,7 @@ class ConvFeatures(nn.Module):
         kmax = max(self.kernel_sizes)
         x = F.pad(x, (0, kmax - 1))  # every kernel fits, even a 1-token text
         m = F.pad(m, (0, kmax - 1))
-        m[:, 0] = 1  # an all-padding row still has one valid window
+        m = torch.cat([torch.ones_like(m[:, :1]), m[:, 1:]], 1)  # an all-padding row still has one window
         feats = []
         for k, conv in zip(self.kernel_sizes, self.convs):
             h = torch.relu(conv(x))  # (B, F, L + kmax - k)
