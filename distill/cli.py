@@ -226,19 +226,22 @@ def predict(
 @app.command("export")
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run folder (with student/)."),
-    out: Optional[Path] = typer.Option(None, help="Export folder (default RUN_DIR/export)."),
+    out: Optional[Path] = typer.Option(None, help="Export folder (default RUN_DIR/export); the export writes nothing else."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an fp16 model for the CUDA execution provider."),
-    per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor", help="INT8 weight quantization granularity (default: per-channel when parity holds)."),
+    per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor", help="INT8 weight quantization granularity (default: dynamic tries per-channel, then per-tensor; static uses per-channel)."),
+    int8: str = typer.Option("auto", "--int8", help="INT8 method: dynamic (ranges per call) | static (QDQ, ranges calibrated on training texts) | auto (dynamic; static when dynamic misses the parity gate)."),
+    calibration_size: int = typer.Option(256, "--calibration-size", min=1, help="Training texts of the run that calibrate static INT8 (MinMax)."),
     opset: int = typer.Option(17, help="ONNX opset."),
     allow_drift: bool = typer.Option(False, help="Exit 0 even when a parity target is missed."),
 ) -> None:
-    """Export RUN_DIR's student to ONNX fp32 and INT8 (dynamic quantization), prove parity, write a size table."""
+    """Export RUN_DIR's student to ONNX fp32 and INT8 (dynamic or static quantization), prove parity, write a size table."""
     try:
         from export.onnx_export import export_run
     except ImportError as e:  # pragma: no cover
         _fail(DistillError(f"the export extra is not installed ({e}); pip install -e .[export]"))
     try:
-        ok = export_run(run_dir, out=out, fp16=fp16, per_channel=per_channel, opset=opset)
+        ok = export_run(run_dir, out=out, fp16=fp16, per_channel=per_channel, opset=opset, int8=int8.strip().lower(),
+                        calibration_size=calibration_size)
     except DistillError as e:
         _fail(e)
     if not ok and not allow_drift:
