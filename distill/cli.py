@@ -256,13 +256,32 @@ def serve(
     port: int = typer.Option(3000, help="Port."),
     model: str = typer.Option("int8", help="int8 | fp32 | fp16."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads."),
+    allow_failed_parity: bool = typer.Option(False, "--allow-failed-parity", help="Serve an export whose manifest records a missed parity target (logged as a warning)."),
 ) -> None:
-    """Serve RUN_DIR's exported student with BentoML (`bentoml serve serve.service:NewsClassifier`)."""
-    from .errors import DistillError as _E
+    """Serve RUN_DIR's exported student with BentoML (`bentoml serve serve.service:NewsClassifier`).
+
+    Refuses an export whose manifest records a missed parity target unless --allow-failed-parity."""
+    import json as _json
+    import logging
+
+    from serve.runtime import parity_problem
 
     exp = run_dir / "export" if (run_dir / "export" / "manifest.json").is_file() else run_dir
-    if not (exp / "manifest.json").is_file():
-        _fail(_E(f"{run_dir}: no export found (manifest.json). Run `distill export {run_dir}` first."))
+    mf = exp / "manifest.json"
+    if not mf.is_file():
+        _fail(DistillError(f"{run_dir}: no export found (manifest.json). Run `distill export {run_dir}` first."))
+    try:
+        problem = parity_problem(_json.loads(mf.read_text()))
+    except ValueError as e:
+        _fail(DistillError(f"{mf}: not valid JSON ({e}); export again with `distill export`."))
+    if problem and not allow_failed_parity:
+        _fail(DistillError(f"{mf}: the export missed its parity targets: {problem}. Re-export it (e.g. "
+                           f"`distill export {run_dir} --int8 static`) or pass --allow-failed-parity to serve it anyway "
+                           "(its EXPORT.md shows the parity table)."))
+    if problem:
+        logging.getLogger("distill").warning("serving %s although it missed its parity targets: %s", exp, problem)
+        typer.secho(f"warning: serving an export that missed its parity targets: {problem}", fg=typer.colors.YELLOW,
+                    err=True)
     env = dict(os.environ, DISTILL_EXPORT_DIR=str(exp.resolve()), DISTILL_MODEL=model)
     if threads:
         env["DISTILL_INTRA_OP_THREADS"] = str(threads)
