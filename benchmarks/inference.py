@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from distill.errors import DistillError
+from serve.runtime import ort_session
 
 from .common import file_mb, percentiles_ms, timed_runs
 
@@ -83,9 +84,12 @@ class VariantSpec:
 
 
 def encode(tokenizer, texts: list[str], seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids and attention mask (int64, (n, seq_len)), every text padded/truncated to ``seq_len``."""
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
-    return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+    """Token ids and attention mask (int64, (n, seq_len)), every text padded/truncated to ``seq_len``
+    (the tokenize-and-pad helpers of :mod:`serve.runtime`)."""
+    from serve.runtime import pad_ids, token_ids
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return pad_ids(token_ids(tokenizer, texts, seq_len), pad, length=seq_len)
 
 
 def batch_rows(k: int, B: int, n: int) -> np.ndarray:
@@ -170,30 +174,15 @@ def torch_stage(name: str, model, ids: np.ndarray, mask: np.ndarray, device: str
     return Stage(name, fn)
 
 
-def ort_session(path: Path, threads: int, provider: str = "CPUExecutionProvider"):
-    """An ONNX Runtime session with ``threads`` intra-op threads (1 inter-op thread, sequential)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=[provider])
-
-
 def ort_stage(name: str, sess, ids: np.ndarray, mask: np.ndarray) -> Stage:
     """An ONNX Runtime forward (inputs ``input_ids``/``attention_mask`` int64, output ``logits``)."""
+    from serve.runtime import ort_feeds
+
     feeds = [i.name for i in sess.get_inputs()]
-    extra = {f for f in feeds if f not in ("input_ids", "attention_mask")}
     out_name = next((o.name for o in sess.get_outputs() if o.name == "logits"), sess.get_outputs()[0].name)
 
     def fn(rows: np.ndarray) -> np.ndarray:
-        x = {"input_ids": ids[rows], "attention_mask": mask[rows]}
-        for f in extra:  # e.g. token_type_ids
-            x[f] = np.zeros_like(x["input_ids"])
-        return sess.run([out_name], {k: v for k, v in x.items() if k in feeds})[0].astype(np.float32)
+        return sess.run([out_name], ort_feeds(feeds, ids[rows], mask[rows]))[0].astype(np.float32)
 
     return Stage(name, fn)
 
@@ -379,7 +368,7 @@ def _gpu_specs(student, teachers, tinputs, report, s_ids, s_mask, exp, manifest,
             res["skipped"].append({"variant": f"onnx_{kind}_cuda", "reason": f"no {kind} model in the export"
                                    + (" (run `distill export --fp16`)" if kind == "fp16" else "")})
             continue
-        sess = ort_session(p, torch.get_num_threads(), "CUDAExecutionProvider")
+        sess = ort_session(p, torch.get_num_threads(), ["CUDAExecutionProvider"])
         specs.append(VariantSpec(f"onnx_{kind}_cuda", [ort_stage(f"onnx_{kind}_cuda", sess, s_ids, s_mask)], {
             "label": f"student ONNX {kind} CUDA", "framework": "onnxruntime", "precision": kind, "device": dev,
             "provider": "CUDAExecutionProvider", "size_mb": file_mb(p), "params": s_params}))

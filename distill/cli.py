@@ -228,19 +228,22 @@ def predict(
 @app.command("export")
 def export_cmd(
     run_dir: Path = typer.Argument(..., help="A finished run folder (with student/)."),
-    out: Optional[Path] = typer.Option(None, help="Export folder (default RUN_DIR/export)."),
+    out: Optional[Path] = typer.Option(None, help="Export folder (default RUN_DIR/export); the export writes nothing else."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write an fp16 model for the CUDA execution provider."),
-    per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor", help="INT8 weight quantization granularity (default: per-channel when parity holds)."),
+    per_channel: Optional[bool] = typer.Option(None, "--per-channel/--per-tensor", help="INT8 weight quantization granularity (default: dynamic tries per-channel, then per-tensor; static uses per-channel)."),
+    int8: str = typer.Option("auto", "--int8", help="INT8 method: dynamic (ranges per call) | static (QDQ, ranges calibrated on training texts) | auto (dynamic; static when dynamic misses the parity gate)."),
+    calibration_size: int = typer.Option(256, "--calibration-size", min=1, help="Training texts of the run that calibrate static INT8 (MinMax)."),
     opset: int = typer.Option(17, help="ONNX opset."),
     allow_drift: bool = typer.Option(False, help="Exit 0 even when a parity target is missed."),
 ) -> None:
-    """Export RUN_DIR's student to ONNX fp32 and INT8 (dynamic quantization), prove parity, write a size table."""
+    """Export RUN_DIR's student to ONNX fp32 and INT8 (dynamic or static quantization), prove parity, write a size table."""
     try:
         from export.onnx_export import export_run
     except ImportError as e:  # pragma: no cover
         _fail(DistillError(f"the export extra is not installed ({e}); pip install -e .[export]"))
     try:
-        ok = export_run(run_dir, out=out, fp16=fp16, per_channel=per_channel, opset=opset)
+        ok = export_run(run_dir, out=out, fp16=fp16, per_channel=per_channel, opset=opset, int8=int8.strip().lower(),
+                        calibration_size=calibration_size)
     except DistillError as e:
         _fail(e)
     if not ok and not allow_drift:
@@ -255,13 +258,32 @@ def serve(
     port: int = typer.Option(3000, help="Port."),
     model: str = typer.Option("int8", help="int8 | fp32 | fp16."),
     threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads."),
+    allow_failed_parity: bool = typer.Option(False, "--allow-failed-parity", help="Serve an export whose manifest records a missed parity target (logged as a warning)."),
 ) -> None:
-    """Serve RUN_DIR's exported student with BentoML (`bentoml serve serve.service:NewsClassifier`)."""
-    from .errors import DistillError as _E
+    """Serve RUN_DIR's exported student with BentoML (`bentoml serve serve.service:NewsClassifier`).
+
+    Refuses an export whose manifest records a missed parity target unless --allow-failed-parity."""
+    import json as _json
+    import logging
+
+    from serve.runtime import parity_problem
 
     exp = run_dir / "export" if (run_dir / "export" / "manifest.json").is_file() else run_dir
-    if not (exp / "manifest.json").is_file():
-        _fail(_E(f"{run_dir}: no export found (manifest.json). Run `distill export {run_dir}` first."))
+    mf = exp / "manifest.json"
+    if not mf.is_file():
+        _fail(DistillError(f"{run_dir}: no export found (manifest.json). Run `distill export {run_dir}` first."))
+    try:
+        problem = parity_problem(_json.loads(mf.read_text()))
+    except ValueError as e:
+        _fail(DistillError(f"{mf}: not valid JSON ({e}); export again with `distill export`."))
+    if problem and not allow_failed_parity:
+        _fail(DistillError(f"{mf}: the export missed its parity targets: {problem}. Re-export it (e.g. "
+                           f"`distill export {run_dir} --int8 static`) or pass --allow-failed-parity to serve it anyway "
+                           "(its EXPORT.md shows the parity table)."))
+    if problem:
+        logging.getLogger("distill").warning("serving %s although it missed its parity targets: %s", exp, problem)
+        typer.secho(f"warning: serving an export that missed its parity targets: {problem}", fg=typer.colors.YELLOW,
+                    err=True)
     env = dict(os.environ, DISTILL_EXPORT_DIR=str(exp.resolve()), DISTILL_MODEL=model)
     if threads:
         env["DISTILL_INTRA_OP_THREADS"] = str(threads)

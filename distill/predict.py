@@ -21,7 +21,7 @@ import numpy as np
 from .errors import DistillError
 from .metrics import classification_metrics, predict_logits, softmax_np
 from .runio import atomic_write_text
-from .tokens import length_sorted_batches, progress
+from .tokens import progress
 from .transfer import read_texts
 
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -63,11 +63,7 @@ def load_backend(path: str | Path, model: str = "int8", threads: int | None = No
             raise DistillError(f"{export}: {e}") from None
 
         def onnx_probs(texts: list[str], batch_size: int) -> np.ndarray:
-            out = np.zeros((len(texts), len(rt.labels)))
-            lengths = [len(t) for t in texts]  # characters: a cheap stand-in for tokens when grouping
-            for b in progress(length_sorted_batches(lengths, batch_size), "predict"):
-                out[b] = rt.predict_proba([texts[i] for i in b])[0]
-            return out
+            return rt.predict_proba_batched(texts, batch_size, progress=lambda b: progress(b, "predict"))
 
         return Backend(rt.labels, f"onnx {model} ({export})", onnx_probs)
     if student is None:

@@ -209,9 +209,6 @@ def render_markdown(r: dict) -> str:
     L.append("## System\n")
     L.append(f"{sy['device']} ({sy['gpu'] or sy['cpu']}), {sy['threads']} threads, precision {sy['precision']}; "
              f"torch {sy['torch']}, transformers {sy['transformers']}, Python {sy['python']}; distill {r['version']}.")
-    if r.get("export"):
-        L.append("\n## Export\n")
-        L.append(r["export"].get("markdown", ""))
     return "\n".join(L) + "\n"
 
 

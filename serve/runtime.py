@@ -1,6 +1,10 @@
-"""An export folder loaded for inference: the ONNX Runtime session and fast tokenizer shared by the
-BentoML service (:mod:`serve.service`) and ``distill predict``. Needs only onnxruntime, tokenizers
-and numpy (it is packed into the bento)."""
+"""ONNX Runtime inference on an export folder: the one copy of the session, tokenize-and-pad and
+logits helpers, used by the BentoML service (:mod:`serve.service`), ``distill predict``, ``distill
+export`` (parity, latency) and the benchmarks. Needs only onnxruntime, tokenizers and numpy (it is
+packed into the bento): it must never import torch, transformers or distill.
+
+Shapes: token ids and attention masks are int64 (batch, sequence); logits float32 (batch, classes).
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,105 @@ def default_threads(workers: int = 1) -> int:
     return max(1, cores // max(1, workers))
 
 
+def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
+                spinning: bool = False):
+    """An ``onnxruntime.InferenceSession`` with the project's settings: ``threads`` intra-op threads
+    (default :func:`default_threads`), 1 inter-op thread, sequential execution, every graph
+    optimization, errors-only logging, intra-op spin-wait only when ``spinning``.
+
+    Args:
+        path: an ``.onnx`` file.
+        providers: execution providers in order (default CPU only).
+
+    Raises:
+        onnxruntime's own errors for a missing or invalid model file.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads or default_threads())
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers or ["CPUExecutionProvider"])
+
+
+def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of each text (special tokens included), truncated to ``max_length``, unpadded.
+
+    Args:
+        tokenizer: a ``tokenizers.Tokenizer`` (its padding is switched off and its truncation set to
+            ``max_length``) or a ``transformers`` tokenizer (called with ``truncation=True``).
+    """
+    if hasattr(tokenizer, "encode_batch"):  # tokenizers.Tokenizer
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(max_length=max_length)
+        return [e.ids for e in tokenizer.encode_batch(texts)]
+    return list(tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"])
+
+
+def pad_ids(seqs: list[list[int]], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded ``input_ids`` and ``attention_mask``, int64 (len(seqs), L).
+
+    ``L`` is ``length`` (longer sequences are cut to it) or, when None, the longest sequence.
+    """
+    L = int(length) if length is not None else max((len(s) for s in seqs), default=0)
+    ids = np.full((len(seqs), L), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), L), dtype=np.int64)
+    for k, s in enumerate(seqs):
+        s = s[:L]
+        ids[k, :len(s)] = s
+        mask[k, :len(s)] = 1
+    return ids, mask
+
+
+def padded_batches(seqs: list[list[int]], pad_id: int,
+                   batch_size: int = 32) -> list[tuple[np.ndarray, np.ndarray, list[int]]]:
+    """Length-sorted batches ``(input_ids, attention_mask, row positions)``, each padded to its longest
+    row (int64 (B, L)); ``batch_size=1`` gives one unpadded text per batch."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = []
+    for s in range(0, len(order), batch_size):
+        rows = order[s:s + batch_size]
+        out.append((*pad_ids([seqs[i] for i in rows], pad_id), rows))
+    return out
+
+
+def ort_feeds(input_names: list[str], ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """The feeds a session with ``input_names`` takes: ``input_ids``, ``attention_mask`` and zero
+    ``token_type_ids`` where the graph has that input."""
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in input_names:
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    return {k: v for k, v in feeds.items() if k in input_names}
+
+
+def ort_logits(session, batches, n: int) -> np.ndarray:
+    """Logits (n, C) float32 of ``session`` over the batches of :func:`padded_batches` (rows put back
+    in input order)."""
+    names = [i.name for i in session.get_inputs()]
+    out_name = next((o.name for o in session.get_outputs() if o.name == "logits"), session.get_outputs()[0].name)
+    out = None
+    for ids, mask, rows in batches:
+        lg = session.run([out_name], ort_feeds(names, ids, mask))[0].astype(np.float32)
+        if out is None:
+            out = np.zeros((n, lg.shape[1]), np.float32)
+        out[rows] = lg
+    return out if out is not None else np.zeros((0, 0), np.float32)
+
+
+def parity_problem(manifest: dict) -> str | None:
+    """One line naming the parity checks an export missed (``manifest["parity"]``), or None when
+    its targets were met or parity was not checked."""
+    p = manifest.get("parity") or {}
+    if not p.get("checked", bool(p)) or p.get("passed", True) is not False:
+        return None
+    failures = p.get("failures") or ["parity targets missed (no details in the manifest)"]
+    return "; ".join(str(f) for f in failures)
+
+
 class TextClassifierRuntime:
     """An export folder loaded for inference: ONNX Runtime session + fast tokenizer.
 
@@ -95,10 +198,9 @@ class TextClassifierRuntime:
         if not tok_path.is_file():
             raise FileNotFoundError(f"{tok_path}: tokenizer file missing")
         self.tokenizer = Tokenizer.from_file(str(tok_path))
-        pad_id = int(tok_info.get("pad_id", 0))
-        pad_token = self.tokenizer.id_to_token(pad_id) or "[PAD]"
+        self.pad_id = int(tok_info.get("pad_id", 0))
         self.tokenizer.enable_truncation(max_length=self.max_length)
-        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)  # to the longest in the batch
+        self.tokenizer.no_padding()  # padded by pad_ids, to the longest text of each call
 
         available = ort.get_available_providers()
         providers = ["CPUExecutionProvider"]
@@ -107,35 +209,35 @@ class TextClassifierRuntime:
         elif model == "fp16":
             raise ValueError("the fp16 model needs onnxruntime-gpu with a CUDA GPU; use DISTILL_MODEL=int8 or fp32")
         self.threads = int(threads or default_threads())
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
         self.spinning = spinning
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        self.session = ort.InferenceSession(str(self.model_path), sess_options=so, providers=providers)
+        self.session = ort_session(self.model_path, self.threads, providers, spinning)
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
 
     def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[bool], list[int]]:
-        """Tokenize a batch: (ORT feeds, truncated flags, token counts)."""
+        """Tokenize a batch: (ORT feeds, truncated flags, token counts). Right-padded to the longest text."""
         encs = self.tokenizer.encode_batch(texts)
-        ids = np.asarray([e.ids for e in encs], dtype=np.int64)
-        mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self.input_names:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
-        return feeds, [bool(e.overflowing) for e in encs], [int(sum(e.attention_mask)) for e in encs]
+        ids, mask = pad_ids([e.ids for e in encs], self.pad_id)
+        return ort_feeds(self.input_names, ids, mask), [bool(e.overflowing) for e in encs], [len(e.ids) for e in encs]
 
     def predict_proba(self, texts: list[str]) -> tuple[np.ndarray, list[bool], list[int]]:
-        """Class probabilities (N, C) float64, truncated flags and token counts for ``texts``."""
+        """Class probabilities (N, C) float64, truncated flags and token counts for ``texts`` (one model call)."""
         feeds, truncated, ntok = self.encode(texts)
+        return self._probs(feeds), truncated, ntok
+
+    def predict_proba_batched(self, texts: list[str], batch_size: int = 64, progress=None) -> np.ndarray:
+        """Class probabilities (N, C) float64 of many texts, at most ``batch_size`` texts per model call,
+        grouped by token count (less padding). ``progress`` optionally wraps the list of batches."""
+        out = np.zeros((len(texts), len(self.labels)))
+        batches = padded_batches(token_ids(self.tokenizer, texts, self.max_length), self.pad_id, batch_size)
+        for ids, mask, rows in (progress(batches) if progress else batches):
+            out[rows] = self._probs(ort_feeds(self.input_names, ids, mask))
+        return out
+
+    def _probs(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         logits = self.session.run([self.output_name], feeds)[0].astype(np.float64)
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(axis=1, keepdims=True)
-        return p, truncated, ntok
+        return p

@@ -72,7 +72,7 @@ from typing import Annotated, Any
 import bentoml
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
-from .runtime import TextClassifierRuntime, default_threads, resolve_export_dir
+from .runtime import TextClassifierRuntime, default_threads, parity_problem, resolve_export_dir
 
 logger = logging.getLogger("distill.serve")
 
@@ -303,6 +303,9 @@ class NewsClassifier:
         _INSTANCE[:] = [self]
         logger.info("loaded %s (%s) from %s on %s, %d intra-op threads", self.rt.model_kind,
                     self.rt.model_path.name, export_dir, self.rt.providers[0], self.rt.threads)
+        problem = parity_problem(self.rt.manifest)
+        if problem:  # `distill serve` refuses such an export unless --allow-failed-parity
+            logger.warning("serving an export that MISSED its parity targets (%s): %s", export_dir, problem)
 
     @bentoml.api(route="/classify", batchable=True, max_batch_size=MAX_BATCH_SIZE,
                  max_latency_ms=MAX_LATENCY_MS)

@@ -355,3 +355,80 @@ def test_bento_builds_offline_and_serves_its_model(tiny_export, tmp_path):
         listening = [k for k in psutil.net_connections(kind="tcp")
                      if k.status == psutil.CONN_LISTEN and k.laddr and k.laddr.port == srv.port]
         assert listening and all(k.laddr.ip == "127.0.0.1" for k in listening), listening
+
+
+# ------------------------------------------------------------------------------------------------
+# exports that missed their parity targets; the runtime stays light
+# ------------------------------------------------------------------------------------------------
+FAILED_PARITY = {"checked": True, "passed": False,
+                 "failures": ["INT8 (dynamic) parity gate: INT8 accuracy drop 8.00 points > 0.5 and significant"]}
+
+
+def _with_parity(tiny_export: Path, dest: Path, parity: dict) -> Path:
+    """A copy of the tiny export whose manifest records ``parity`` (model files unchanged)."""
+    shutil.copytree(tiny_export, dest)
+    m = json.loads((dest / "manifest.json").read_text())
+    m["parity"] = parity
+    (dest / "manifest.json").write_text(json.dumps(m))
+    return dest
+
+
+def test_distill_serve_refuses_a_failed_parity_gate(tiny_export, tmp_path, monkeypatch):
+    """`distill serve` refuses an export whose manifest records a missed target (naming it and the way
+    out); with --allow-failed-parity it starts the server anyway, with a warning. The exec is captured."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    calls = []
+    monkeypatch.setattr(os, "execvpe", lambda file, args, env: calls.append((args, env)))
+    bad = _with_parity(tiny_export, tmp_path / "bad", FAILED_PARITY)
+    res = CliRunner().invoke(app, ["serve", str(bad)])
+    assert res.exit_code == 2 and not calls
+    assert "INT8 (dynamic) parity gate" in res.output and "--allow-failed-parity" in res.output
+    res = CliRunner().invoke(app, ["serve", str(bad), "--allow-failed-parity", "--port", "3999"])
+    assert res.exit_code == 0, res.output
+    assert "warning" in res.output and "parity gate" in res.output
+    (args, env), = calls
+    assert args[1:5] == ["-m", "bentoml", "serve", "serve.service:NewsClassifier"] and "3999" in args
+    assert env["DISTILL_EXPORT_DIR"] == str(bad.resolve())
+    calls.clear()
+    good = _with_parity(tiny_export, tmp_path / "good", {"checked": True, "passed": True, "failures": []})
+    res = CliRunner().invoke(app, ["serve", str(good)])
+    assert res.exit_code == 0 and len(calls) == 1 and "warning" not in res.output
+
+
+def test_service_logs_a_warning_for_a_failed_parity_gate(tiny_export, tmp_path, monkeypatch, caplog):
+    """The service itself (however it is started, e.g. from a bento) warns at start-up."""
+    import logging
+
+    from serve.service import NewsClassifier
+
+    bad = _with_parity(tiny_export, tmp_path / "bad", FAILED_PARITY)
+    monkeypatch.setenv("DISTILL_EXPORT_DIR", str(bad))
+    monkeypatch.setenv("DISTILL_INTRA_OP_THREADS", "1")
+    with caplog.at_level(logging.WARNING, logger="distill.serve"):
+        svc = NewsClassifier.inner()
+    assert svc.rt.model_kind == "int8"
+    assert any("MISSED its parity targets" in r.getMessage() and "parity gate" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_runtime_imports_without_torch_transformers_distill(tmp_path):
+    """serve/runtime.py is packed into the bento: it imports (and its helpers run) with onnxruntime,
+    tokenizers and numpy only."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import serve.runtime as r; "
+            "ids, mask = r.pad_ids([[5, 6, 7], [8]], 0); "
+            "b = r.padded_batches([[5, 6, 7], [8]], 0, 1); "
+            "assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]; "
+            "assert [x[2] for x in b] == [[1], [0]] and b[0][0].shape == (1, 1); "
+            "print(sorted(k for k in ('torch', 'transformers', 'distill', 'export') if k in sys.modules))")
+    res = subprocess.run([sys.executable, "-I", "-c", code, str(ROOT)], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
