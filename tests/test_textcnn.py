@@ -174,3 +174,61 @@ def test_layer_free_teacher_cache_serves_students_of_any_shape(tmp_path, tiny_te
     assert res.exit_code == 0, res.output
     a, b = (json.loads((tmp_path / x / "report.json").read_text())["cache"] for x in "ab")
     assert not a["reused"] and b["reused"] and a["file"] == b["file"]
+
+
+# ------------------------------------------------------------------------ export and serving
+@pytest.fixture(scope="module")
+def textcnn_run(tmp_path_factory, tiny_teachers, tiny_csv, tiny_run):
+    """A tiny TextCNN run that has learnt the synthetic topics (camkd, logit L2)."""
+    out = tmp_path_factory.mktemp("tcnn") / "run"
+    res = runner.invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, student="textcnn", strategy="camkd",
+                                           baselines="nokd", teacher_store=tiny_run.parent / ".teacher-store")
+                        + ["--set", "camkd.feature_loss=logit", "--set", "textcnn.epochs=12", "--set",
+                           "textcnn.filters=16", "--set", "textcnn.embed_dim=16", "--set", "textcnn.lr=0.01"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize("int8", ["dynamic", "static"])
+def test_textcnn_export_parity(textcnn_run, tmp_path, int8):
+    import onnx
+
+    from export.onnx_export import export_run
+
+    ok = export_run(textcnn_run, out=tmp_path / "exp", int8=int8, latency_runs=0, quiet=True)
+    m = json.loads((tmp_path / "exp" / "manifest.json").read_text())
+    assert ok and m["student"]["architecture"] == "textcnn"
+    assert m["parity"]["fp32"]["max_abs_logit_diff"] <= 1e-4 and m["parity"]["int8"]["method"] == int8
+    test_f1 = json.loads((textcnn_run / "report.json").read_text())["student"]["test"]["macro_f1"]
+    assert test_f1 > 60  # the model learnt something, so agreement below is not trivial
+    assert m["parity"]["int8"]["agreement_pct"] >= 90
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "exp" / m["models"]["int8"]["file"])).graph.node}
+    if int8 == "static":  # the convolutions run on INT8 (QDQ around Conv)
+        assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert "Conv" in {n.op_type for n in onnx.load(str(tmp_path / "exp" / m["models"]["fp32"]["file"])).graph.node}
+
+
+def test_textcnn_service_answers_like_offline_onnx(textcnn_run, tmp_path):
+    httpx = pytest.importorskip("httpx")
+    import numpy as np
+
+    from export.onnx_export import export_run
+    from serve.launcher import Server
+    from test_serve import SERVER_ENV, offline_predict
+
+    exp = tmp_path / "exp"
+    export_run(textcnn_run, out=exp, latency_runs=0, quiet=True)
+    texts = ["market shares profit bank", "match team player goal season", "software computer phone"]
+    expected, _ = offline_predict(exp, texts)
+    srv = Server(exp, env=SERVER_ENV, ready_timeout_s=90, log_path=tmp_path / "server.log")
+    srv.start()
+    try:
+        assert srv.url.startswith("http://127.0.0.1:")
+        r = httpx.post(f"{srv.url}/classify", json={"texts": texts}, timeout=30)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        labels = json.loads((exp / "labels.json").read_text())["label_names"]
+        assert [g["label"] for g in got] == [labels[i] for i in expected.argmax(1)]
+        assert np.allclose([g["score"] for g in got], expected.max(1), atol=1e-4)
+    finally:
+        srv.stop()
