@@ -16,7 +16,6 @@ forward inside that run, the ensemble's latency the whole run (so the teachers a
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -187,46 +186,15 @@ def ort_stage(name: str, sess, ids: np.ndarray, mask: np.ndarray) -> Stage:
     return Stage(name, fn)
 
 
-def find_export(run_dir: Path, allow_export: bool = True) -> tuple[Path | None, dict | None, str | None]:
-    """Locate ``RUN_DIR/export`` (running ``export.onnx_export.export_run`` when it is absent).
-
-    Returns:
-        ``(export dir, manifest, None)`` or ``(None, None, reason)`` when no export can be had.
-    """
-    exp = run_dir / "export"
-    note = None
-    if not (exp / "manifest.json").is_file():
-        if not allow_export:
-            return None, None, f"no {exp}/manifest.json (run `distill export {run_dir}`)"
-        try:
-            from export.onnx_export import export_run
-        except ImportError as e:
-            return None, None, f"no export in {exp} and the export module is not available ({e})"
-        log.info("no export found: running export_run(%s)", run_dir)
-        try:
-            ok = export_run(run_dir)
-        except Exception as e:  # the export is another component: record its failure, benchmark the rest
-            log.warning("export_run failed: %s", e)
-            return None, None, f"export_run failed: {type(e).__name__}: {e}"
-        if not ok:
-            note = "export_run reported missed parity targets"
-        if not (exp / "manifest.json").is_file():
-            return None, None, f"export_run did not write {exp}/manifest.json"
-    return exp, json.loads((exp / "manifest.json").read_text()), note
-
-
-def onnx_model_path(exp: Path, manifest: dict, kind: str) -> Path | None:
-    """Path of the ``kind`` (fp32/int8/fp16) model listed in the export manifest, if the file exists."""
-    m = (manifest.get("models") or {}).get(kind)
-    if not m or not m.get("file"):
-        return None
-    p = Path(m["file"])
-    p = p if p.is_absolute() else exp / p
-    return p if p.is_file() else None
-
-
-def run_inference(run_dir: Path, report: dict, st: Settings, allow_export: bool = True) -> dict:
+def run_inference(run_dir: Path, report: dict, st: Settings, allow_export: bool = True,
+                  extra_students: tuple = (), extra_specs=None) -> dict:
     """Measure every variant of ``run_dir`` (see the module docstring).
+
+    Args:
+        extra_students: other run folders with the same test split whose students are measured
+            beside this run's (e.g. the transformer student beside a TextCNN run).
+        extra_specs: ``fn(test texts, test labels) -> [VariantSpec]`` of more variants measured in the
+            same loop (the reference models, :mod:`benchmarks.reference_variants`).
 
     Returns:
         ``{"settings", "threads", "variants": [...], "ratios": {...}, "skipped": [...], "export": {...}}``;
@@ -254,46 +222,15 @@ def run_inference(run_dir: Path, report: dict, st: Settings, allow_export: bool 
                        "tokens, so accuracies can differ slightly from report.json")
 
     # ---- student (PyTorch fp32) and its ONNX exports
-    student, stok, _ = load_classifier(run_dir / "student")
-    s_ids, s_mask = encode(stok, texts, st.seq_len)
-    s_mb = weights_size_mb(run_dir / "student")
-    s_params = count_params(student)
-    specs = [VariantSpec("student", [torch_stage("student", student, s_ids, s_mask, "cpu")],
-                         {"label": "student PyTorch fp32", "framework": "pytorch", "precision": "fp32",
-                          "device": "cpu", "size_mb": s_mb, "params": s_params,
-                          "size_files": "student/*.safetensors",
-                          "run_report_test": (report.get("student") or {}).get("test")})]
-    exp, manifest, note = find_export(run_dir, allow_export)
-    if exp is None:
-        res["skipped"].append({"variant": "onnx", "reason": note})
-    else:
-        res["export"] = {"dir": str(exp), "note": note, "tokenizer_check": _tokenizer_check(exp, texts, s_ids, st.seq_len)}
-        for kind in ("fp32", "int8"):
-            p = onnx_model_path(exp, manifest, kind)
-            if p is None:
-                res["skipped"].append({"variant": f"onnx_{kind}", "reason": f"not in {exp}/manifest.json"})
-                continue
-            mb = file_mb(p)
-            entry = manifest["models"][kind]
-            meta = {"label": f"student ONNX {kind.upper() if kind == 'int8' else kind}", "framework": "onnxruntime",
-                    "precision": kind, "device": "cpu", "provider": "CPUExecutionProvider", "size_mb": mb,
-                    "params": s_params, "size_files": str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p),
-                    "bytes": p.stat().st_size, "manifest_bytes": entry.get("bytes"), "manifest_mb": entry.get("mb")}
-            if entry.get("sha256"):
-                from distill.runio import sha256_file
+    from .student_variants import check_same_test_split, student_specs, tokenizer_check
 
-                meta["sha256_matches_manifest"] = sha256_file(p) == entry["sha256"]
-            if entry.get("bytes") is not None and int(entry["bytes"]) != meta["bytes"]:
-                meta["size_note"] = (f"manifest says {entry['bytes']} bytes, the file has {meta['bytes']} "
-                                     "(the file's size is used)")
-            if meta.get("sha256_matches_manifest") is False:
-                meta["size_note"] = (meta.get("size_note", "") + " sha256 differs from the manifest").strip()
-            try:
-                sess = ort_session(p, threads)
-            except Exception as e:  # e.g. an operator this onnxruntime build lacks
-                res["skipped"].append({"variant": f"onnx_{kind}", "reason": f"{type(e).__name__}: {e}"})
-                continue
-            specs.append(VariantSpec(f"onnx_{kind}", [ort_stage(f"onnx_{kind}", sess, s_ids, s_mask)], meta))
+    student, s_ids, s_mask, s_mb, s_params, exp, manifest, specs = student_specs(
+        run_dir, report, texts, st, res, allow_export)
+    if exp is not None:
+        res["export"]["tokenizer_check"] = tokenizer_check(exp, texts, s_ids, st.seq_len)
+    for extra in extra_students:
+        specs += student_specs(Path(extra), check_same_test_split(run_dir, Path(extra)), texts, st, res, False,
+                               tag=Path(extra).name)[-1]
 
     # ---- teachers and the ensemble (PyTorch fp32)
     teachers, tinputs, tstages, tmeta, t_mb = [], [], [], {}, 0.0
@@ -324,6 +261,8 @@ def run_inference(run_dir: Path, report: dict, st: Settings, allow_export: bool 
         except Exception as e:  # pragma: no cover - depends on the GPU stack
             res["skipped"].append({"variant": "cuda", "reason": f"{type(e).__name__}: {e}"})
 
+    if extra_specs is not None:
+        specs += extra_specs(texts, labels)
     for spec in specs:
         try:
             res["variants"].extend(measure(spec, n, labels, C, st))
@@ -344,6 +283,8 @@ def _gpu_specs(student, teachers, tinputs, report, s_ids, s_mask, exp, manifest,
     import copy
 
     import onnxruntime as ort
+
+    from .student_variants import onnx_model_path
 
     specs = []
     dev = "cuda"
@@ -373,26 +314,6 @@ def _gpu_specs(student, teachers, tinputs, report, s_ids, s_mask, exp, manifest,
             "label": f"student ONNX {kind} CUDA", "framework": "onnxruntime", "precision": kind, "device": dev,
             "provider": "CUDAExecutionProvider", "size_mb": file_mb(p), "params": s_params}))
     return specs
-
-
-def _tokenizer_check(exp: Path, texts: list[str], s_ids: np.ndarray, seq_len: int) -> dict:
-    """Compare the export's ``tokenizer.json`` with the student tokenizer on the test texts."""
-    p = exp / "tokenizer.json"
-    if not p.is_file():
-        return {"checked": False, "reason": "no tokenizer.json in the export"}
-    try:
-        from tokenizers import Tokenizer
-
-        tk = Tokenizer.from_file(str(p))
-        tk.enable_truncation(seq_len)
-        tk.no_padding()
-        same = 0
-        for t, row in zip(texts, s_ids):
-            ids = tk.encode(t).ids
-            same += ids == [int(x) for x in row[:len(ids)]]
-        return {"checked": True, "texts": len(texts), "identical_ids": same}
-    except Exception as e:  # pragma: no cover - informative only
-        return {"checked": False, "reason": str(e)}
 
 
 def ratios(variants: list[dict]) -> dict:

@@ -15,6 +15,10 @@ COLORS = {"ensemble": "tab:red", "student": "tab:blue", "onnx_fp32": "tab:green"
 def _color(name: str) -> str:
     if name.startswith("teacher_"):
         return "tab:orange"
+    if name.startswith("ref_"):
+        return "tab:brown"
+    if "/" in name:  # another run's student (``--student-run``)
+        return "tab:cyan"
     return COLORS.get(name, "tab:gray")
 
 

@@ -49,6 +49,13 @@ def _inference(inf: dict, L: list[str]) -> None:
                  f"{_f(v['test']['macro_f1'])} | " + " | ".join(cells) + " | " + " | ".join(thr) + f" | {runs} |")
     L.append("")
     notes = [f"- {v['label']}: {v['size_note']}" for v in inf["variants"] if v.get("size_note")]
+    refs = [v for v in inf["variants"] if v.get("includes_text_processing")]
+    if refs:
+        notes.append("- Reference models (trained here on the run's split and labelled texts, seed "
+                     f"{refs[0].get('seed')}) take raw texts, so their latency includes their own text processing; "
+                     "the other rows start from token ids. Training: " + ", ".join(
+                         f"{v['label'][len('reference: '):]} {v['train_s']:.0f} s"
+                         + (f" ({v['note']})" if v.get("note") else "") for v in refs) + ".")
     if any(v.get("timed_inside") for v in inf["variants"]):
         notes.append("- Teachers are timed inside the ensemble's runs (each teacher's own forward pass); the "
                      "ensemble's latency is the whole run (all teachers + the mean of their softmax probabilities).")
@@ -194,7 +201,7 @@ def render(results: dict, plots: list[str]) -> str:
          "process run; ratios compare figures from the same run.\n"]
     L += _machine(results["machine"])
     if results.get("inference"):
-        if results["inference"].get("skipped"):
+        if results["inference"].get("skipped") is True:  # the section; a list = skipped variants
             L.append(f"## Inference\n\nSkipped: {results['inference']['reason']}\n")
         else:
             _inference(results["inference"], L)

@@ -66,7 +66,8 @@ def _section(name: str, fn, results: dict, times: dict):
 
 def main(run_dir: str | Path, quick: bool = False, textbrewer: bool = True, serving: bool = True,
          training: bool = True, out: str | Path | None = None, train_steps: int | None = None,
-         allow_export: bool = True, budget_s: float | None = None) -> dict:
+         allow_export: bool = True, budget_s: float | None = None, extra_students: tuple = (),
+         reference: tuple[str, ...] = (), setfit_steps: int = 100) -> dict:
     """Benchmark the finished run ``run_dir`` and write ``results.json``, ``REPORT.md`` and PNG plots.
 
     Args:
@@ -79,6 +80,10 @@ def main(run_dir: str | Path, quick: bool = False, textbrewer: bool = True, serv
         train_steps: optimisation steps of each training measurement (default 30, quick 10).
         allow_export: export the student (``export.onnx_export.export_run``) when ``RUN_DIR/export``
             is missing.
+        extra_students: other run folders (same test split) whose students are measured beside this one's.
+        reference: reference models (:mod:`benchmarks.reference_variants`) trained on the run's split and
+            measured in the inference loop; ``()`` = none.
+        setfit_steps: SetFit's contrastive steps when ``reference`` has ``setfit``.
         budget_s: wall-clock budget of the whole command in seconds (default 840 s in full mode,
             none in quick mode); the last training measurement (the main strategy online) is shortened
             when needed to stay within it. The other measurements keep their minimum run counts.
@@ -89,7 +94,8 @@ def main(run_dir: str | Path, quick: bool = False, textbrewer: bool = True, serv
     Raises:
         DistillError: ``run_dir`` is missing or not a finished run (the message says how to fix it).
     """
-    from .inference import Settings, find_export, run_inference
+    from .inference import Settings, run_inference
+    from .student_variants import find_export
     from .plots import make_plots
     from .report import render
     from .serving import run_serving, titles_from_texts
@@ -113,7 +119,13 @@ def main(run_dir: str | Path, quick: bool = False, textbrewer: bool = True, serv
                                "inference_throughput": "texts/s", "training_throughput": "samples/s",
                                "serving_throughput": "requests/s", "accuracy": "%", "macro_f1": "%"}}
     times: dict[str, float] = {}
-    _section("inference", lambda: run_inference(run_dir, report, st, allow_export), results, times)
+    extra = None
+    if reference:
+        from .reference_variants import reference_specs
+
+        extra = reference_specs(run_dir, out_dir / "reference", tuple(reference), setfit_steps)
+    _section("inference", lambda: run_inference(run_dir, report, st, allow_export, tuple(extra_students), extra),
+             results, times)
 
     if serving:
         def _serve():

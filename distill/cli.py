@@ -297,14 +297,19 @@ def bench(
     run_dir: Path = typer.Argument(..., help="A finished (and exported) run folder."),
     quick: bool = typer.Option(False, help="Fewer repetitions (smoke test)."),
     textbrewer: bool = typer.Option(True, help="Include the TextBrewer MultiTeacherDistiller comparison."),
+    student_run: list[Path] = typer.Option([], "--student-run", help="Another finished run on the same test split whose student (PyTorch + its export) is measured beside this run's, e.g. the transformer student beside a TextCNN run. Repeatable."),
+    reference: str = typer.Option("tfidf-lr,model2vec", "--reference", help="Reference models trained on the run's split and measured in the same loop (comma-separated: tfidf-lr, model2vec, setfit, frozen-lr; 'none' to skip)."),
+    setfit_steps: int = typer.Option(100, min=1, help="SetFit contrastive steps when --reference has setfit (CPU cap)."),
 ) -> None:
     """Latency/size/accuracy/training-cost benchmark report (results.json, REPORT.md, PNG plots)."""
     try:
         from benchmarks.run_all import main as bench_main
     except ImportError as e:  # pragma: no cover
         _fail(DistillError(f"benchmarks are not available ({e})"))
+    refs = () if reference.strip().lower() in ("", "none") else tuple(m.strip() for m in reference.split(",") if m.strip())
     try:
-        bench_main(run_dir, quick=quick, textbrewer=textbrewer)
+        bench_main(run_dir, quick=quick, textbrewer=textbrewer, extra_students=tuple(student_run), reference=refs,
+                   setfit_steps=setfit_steps)
     except DistillError as e:
         _fail(e)
 

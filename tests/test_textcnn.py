@@ -232,3 +232,40 @@ def test_textcnn_service_answers_like_offline_onnx(textcnn_run, tmp_path):
         assert np.allclose([g["score"] for g in got], expected.max(1), atol=1e-4)
     finally:
         srv.stop()
+
+
+def test_bench_shows_textcnn_beside_transformer_student_and_reference_models(textcnn_run, tiny_run):
+    res = runner.invoke(app, ["bench", str(textcnn_run), "--quick", "--no-textbrewer", "--student-run", str(tiny_run),
+                              "--reference", "tfidf-lr,model2vec"])
+    assert res.exit_code == 0, res.output
+    out = textcnn_run / "bench"
+    r = json.loads((out / "results.json").read_text())
+    by = {v["name"]: v for v in r["inference"]["variants"]}
+    assert by["student"]["architecture"] == "textcnn" and by["onnx_int8"]["architecture"] == "textcnn"
+    assert by[f"{tiny_run.name}/student"]["architecture"] == "transformer"
+    assert {"ref_tf-idf_lr", "ref_model2vec", "ensemble", "teacher_0", "teacher_1"} <= set(by)
+    for name in ("ref_tf-idf_lr", "ref_model2vec"):
+        v = by[name]
+        assert v["includes_text_processing"] and v["size_mb"] > 0 and v["train_s"] > 0
+        assert v["latency"]["1"]["p50_ms"] > 0 and set(v["latency"]) == {"1", "8"}
+    # the ratios are computed against the TextCNN student measured in the same loop
+    assert r["inference"]["ratios"]["ref_model2vec"]["vs_student_fp32"]["speedup_p50"]["1"] == pytest.approx(
+        by["student"]["latency"]["1"]["p50_ms"] / by["ref_model2vec"]["latency"]["1"]["p50_ms"])
+    assert {"camkd_cache", "camkd_online", "nokd"} <= set(r["training"]["fresh"])  # the run's strategy, not mtbert
+    assert "accuracy_vs_latency.png" in r["plots"] and (out / "accuracy_vs_latency.png").stat().st_size > 1000
+    md = (out / "REPORT.md").read_text()
+    assert "reference: TF-IDF + LR" in md and "latency includes their own text processing" in md
+
+
+def test_bench_refuses_a_student_run_with_another_test_split(textcnn_run, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(textcnn_run, other, ignore=shutil.ignore_patterns("bench", "export"))
+    split = json.loads((other / "split.json").read_text())
+    split["ids"]["test"] = split["ids"]["test"][1:]
+    (other / "split.json").write_text(json.dumps(split))
+    from benchmarks.student_variants import check_same_test_split
+
+    with pytest.raises(DistillError, match="test split differs"):
+        check_same_test_split(textcnn_run, other)
