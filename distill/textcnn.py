@@ -35,7 +35,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from .errors import DistillError
@@ -73,15 +73,9 @@ def textcnn_settings(values: dict | None) -> TextCNNSettings:
     Raises:
         DistillError: unknown field or value out of range (naming ``--set textcnn.FIELD``).
     """
-    try:
-        return TextCNNSettings(**(values or {}))
-    except ValidationError as e:
-        err = e.errors()[0]
-        name = ".".join(str(x) for x in err.get("loc", ())) or "?"
-        if err.get("type") == "extra_forbidden":
-            raise DistillError(f"--set textcnn.{name}: the TextCNN has no setting {name!r} "
-                               f"(its settings: {', '.join(TextCNNSettings.model_fields)}).") from None
-        raise DistillError(f"--set textcnn.{name}={err.get('input')!r}: {err.get('msg')}.") from None
+    from .strategies.base import validate_settings
+
+    return validate_settings(TextCNNSettings, "textcnn", values)
 
 
 class ConvFeatures(nn.Module):

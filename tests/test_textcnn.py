@@ -76,7 +76,7 @@ def test_pca_embeddings_zero_padding_row_and_unit_scale():
 
 
 def test_textcnn_settings_errors_name_the_setting():
-    with pytest.raises(DistillError, match="--set textcnn.nope"):
+    with pytest.raises(DistillError, match="--set textcnn.nope: textcnn has no setting"):
         textcnn_settings({"nope": 1})
     with pytest.raises(DistillError, match="--set textcnn.dropout"):
         textcnn_settings({"dropout": 1.5})

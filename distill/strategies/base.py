@@ -156,7 +156,15 @@ def resolve_settings(name: str, values: dict | None) -> StrategySettings:
     """
     if name not in STRATEGIES:
         raise DistillError(f"unknown strategy {name!r}; choose from {sorted(STRATEGIES)} (see `distill strategies`).")
-    cls = STRATEGIES[name].Settings
+    return validate_settings(STRATEGIES[name].Settings, name, values)
+
+
+def validate_settings(cls: type[BaseModel], name: str, values: dict | None):
+    """``cls(**values)``, with a pydantic error turned into one naming ``--set name.field`` and the fix.
+
+    Raises:
+        DistillError: unknown field (listing the known ones) or a value out of range.
+    """
     try:
         return cls(**(values or {}))
     except ValidationError as e:
