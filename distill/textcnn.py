@@ -21,10 +21,12 @@ Choices the paper leaves open, as taken here:
   the kept ids, centred and reduced to ``embed_dim`` by PCA (truncated SVD), scaled to unit variance
   (the scale of ``nn.Embedding``'s default N(0, 1) init); ``"random"`` keeps N(0, 1). The paper's
   300-d word vectors play this role.
-* **Padding**: padding embeddings are zeroed and conv outputs whose window starts on padding are
-  masked out before the max (exact after the ReLU, whose outputs are >= 0), so logits do not depend on
-  how much padding a batch has: batch 1 and batch 32, PyTorch and ONNX give the same answer. Inputs
-  shorter than the largest kernel are zero-padded inside the model.
+* **Padding**: masked tokens take the zero padding row of the embedding table, each convolution's
+  input is right-padded with k - 1 zeros (one window per position, so a 1-token text fits every
+  kernel) and the outputs of windows that start on padding are masked out before the max (exact
+  after the ReLU, whose outputs are >= 0): logits do not depend on how much padding a batch has, so
+  batch 1 and batch 32, PyTorch and ONNX give the same answer. A row with no real token gives a zero
+  feature.
 """
 
 from __future__ import annotations
@@ -93,19 +95,17 @@ class ConvFeatures(nn.Module):
     def out_features(self) -> int:
         return len(self.kernel_sizes) * self.convs[0].out_channels
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        m = mask.to(x.dtype)
-        x = (x * m.unsqueeze(-1)).transpose(1, 2)  # (B, d, L), padding zeroed
-        kmax = max(self.kernel_sizes)
-        x = F.pad(x, (0, kmax - 1))  # every kernel fits, even a 1-token text
-        m = F.pad(m, (0, kmax - 1))
-        m = torch.cat([torch.ones_like(m[:, :1]), m[:, 1:]], 1)  # an all-padding row still has one window
-        feats = []
-        for k, conv in zip(self.kernel_sizes, self.convs):
-            h = torch.relu(conv(x))  # (B, F, L + kmax - k)
-            valid = m[:, : h.shape[-1]].unsqueeze(1)  # windows starting on a real token
-            feats.append((h * valid).amax(-1))
-        return torch.cat(feats, -1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, zeroed: bool = False) -> torch.Tensor:
+        """``zeroed``: the caller already zeroed the padding vectors (the TextCNN's padding embedding row
+        is zero), so the input multiply is skipped (one node fewer in the exported graph)."""
+        m = mask.to(x.dtype).unsqueeze(1)  # (B, 1, L)
+        x = x.transpose(1, 2)  # (B, d, L)
+        if not zeroed:
+            x = x * m
+        # right-pad each kernel by k - 1 zeros: one window per position t < L, so even a 1-token text
+        # fits every kernel; windows starting on padding are then masked out (exact after the ReLU)
+        return torch.cat([(torch.relu(conv(F.pad(x, (0, k - 1)))) * m).amax(-1)
+                          for k, conv in zip(self.kernel_sizes, self.convs)], -1)
 
 
 class TextCNN(nn.Module):
@@ -144,8 +144,8 @@ class TextCNN(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_hidden_states: bool = False):
         from .modeling import ClassifierOutput
 
-        x = self.embed(self.id_map[input_ids])
-        pooled = self.features(x, attention_mask)
+        rows = self.id_map[input_ids] * attention_mask.to(torch.long)  # masked tokens -> the zero row 0
+        pooled = self.features(self.embed(rows), attention_mask, zeroed=True)
         return ClassifierOutput(self.classifier(self.dropout(pooled)), None, pooled)
 
 
