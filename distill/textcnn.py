@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,8 @@ class TextCNNSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     embed_dim: int = Field(300, ge=8, le=4096, description="token embedding size (paper 003: 300)")
-    kernel_sizes: list[int] = Field([2, 3, 4], min_length=1, description="1-D convolution widths (paper 003: 2, 3, 4)")
+    kernel_sizes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        [2, 3, 4], min_length=1, description="1-D convolution widths, each 1-64 (paper 003: 2, 3, 4)")
     filters: int = Field(256, ge=1, le=4096, description="filters per kernel size (paper 003: 256)")
     dropout: float = Field(0.5, ge=0, lt=1, description="dropout before the classifier (paper 003: 0.5)")
     vocab_size: int = Field(30000, ge=16, description="most embedding rows: the most frequent tokenizer ids of the "

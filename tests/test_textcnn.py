@@ -80,6 +80,8 @@ def test_textcnn_settings_errors_name_the_setting():
         textcnn_settings({"nope": 1})
     with pytest.raises(DistillError, match="--set textcnn.dropout"):
         textcnn_settings({"dropout": 1.5})
+    with pytest.raises(DistillError, match="--set textcnn.kernel_sizes.1"):
+        textcnn_settings({"kernel_sizes": [2, 0]})
 
 
 def _camkd(feature_loss, pooled_size):
