@@ -152,7 +152,7 @@ def fresh_student(ctx: TrainContext, seed: int):
     the training texts and of the transfer set)."""
     from distill.students import build_student
 
-    return build_student(ctx.cfg, ctx.P, ctx.teachers, seed, ctx.stok, ctx.P.split.train + ctx.P.transfer.rows)
+    return build_student(ctx.cfg, ctx.P, ctx.teachers, seed, ctx.stok)
 
 
 def measure_ours(ctx: TrainContext, strategy: str, provider, steps: int, seed: int, score: bool = False) -> dict:

@@ -132,19 +132,18 @@ def prepare(cfg: RunConfig) -> Prepared:
         P.teacher_toks.append(AutoTokenizer.from_pretrained(str(p), trust_remote_code=cfg.trust_remote_code))
     P.head_dim = cfg.head_dim or min(c.hidden_size for c in P.teacher_cfgs)
     # student
+    # the smallest teacher by (hidden size^2 * depth): the default source of the student and its tokenizer
+    smallest = min(range(len(P.teacher_cfgs)),
+                   key=lambda i: P.teacher_cfgs[i].hidden_size ** 2 * P.teacher_cfgs[i].num_hidden_layers)
     if cfg.textcnn:
-        idx = cfg.student_from if cfg.student_from is not None else min(
-            range(len(P.teacher_cfgs)), key=lambda i: P.teacher_cfgs[i].hidden_size ** 2 * P.teacher_cfgs[i].num_hidden_layers)
+        idx = cfg.student_from if cfg.student_from is not None else smallest
         settings = cfg.textcnn_settings()
         P.K, hidden = 0, settings.feature_size
         P.student_tok = P.teacher_toks[idx]
         P.student_source = {"kind": "textcnn", "tokenizer_from": cfg.teachers[idx], "teacher_index": idx,
                             "settings": settings.model_dump()}
     elif cfg.student is None:
-        idx = cfg.student_from
-        if idx is None:  # smallest teacher by (hidden size * depth)
-            idx = min(range(len(P.teacher_cfgs)),
-                      key=lambda i: P.teacher_cfgs[i].hidden_size ** 2 * P.teacher_cfgs[i].num_hidden_layers)
+        idx = cfg.student_from if cfg.student_from is not None else smallest
         L = P.teacher_cfgs[idx].num_hidden_layers
         P.K = cfg.student_layers or max(1, L // 2)
         if P.K > L:
@@ -337,7 +336,7 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
     strategy = build_strategy(strat, cfg.strategy_settings(strat), tspecs, sspec)
     # strategies that learn from teachers also train on the transfer set (task loss on labelled rows only)
     rows = P.split.train + (P.transfer.rows if strategy.needs.teachers else [])
-    student = build_student(cfg, P, teachers, seed, stok, P.split.train + P.transfer.rows)
+    student = build_student(cfg, P, teachers, seed, stok)
     ckpt = run_dir / "checkpoints" / f"{strat}-seed{seed}.ckpt"
     resume_state = load_checkpoint(ckpt) if ckpt.is_file() else None
     if resume_state is not None:

@@ -14,11 +14,10 @@ from .tokens import Tokenized
 from .trainer import FitResult, FitSettings, fit
 
 
-def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int, stok: Tokenized | None = None,
-                  rows: list[int] | None = None):
+def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int, stok: Tokenized | None = None):
     """Student encoder (teacher prefix, checkpoint or config) + head (from the shared head when sizes allow),
-    or the TextCNN (:mod:`distill.textcnn`; its vocabulary from ``stok``'s ids of the training ``rows``,
-    its embeddings from the tokenizer teacher's token embeddings).
+    or the TextCNN (:mod:`distill.textcnn`; its vocabulary from ``stok``'s ids of the training texts and
+    the transfer set, the same for every strategy of the run; its embeddings from the tokenizer teacher's).
 
     Seeds torch with ``seed`` first, so the same seed gives the same initialisation.
     """
@@ -28,7 +27,7 @@ def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int, stok: To
         from .textcnn import build_textcnn
 
         emb = teachers[src["teacher_index"]].encoder.get_input_embeddings().weight
-        return build_textcnn(cfg.textcnn_settings(), P.student_tok, [stok.ids[r] for r in rows],
+        return build_textcnn(cfg.textcnn_settings(), P.student_tok, [stok.ids[r] for r in P.split.train + P.transfer.rows],
                              len(P.ds.label_names), emb)
     if src["kind"] == "config":
         enc = encoder_from_config(src["config"])
