@@ -27,7 +27,7 @@ import torch
 
 from .device import autocast_ctx
 from .modeling import masked_mean
-from .runio import fingerprint
+from .runio import atomic_path, fingerprint
 from .strategies.base import TeacherSignals
 from .tokens import Tokenized, length_sorted_batches, progress
 
@@ -208,10 +208,9 @@ def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_
                 for k, h in enumerate(o["layers"]):
                     flat[f"t{i}.train.layer{k}"] = h.contiguous()
             log.info("teacher %d outputs computed", i)
-        tmp = path.with_name("." + path.name + ".tmp")
-        save_file(flat, str(tmp), metadata={"schema": str(SCHEMA_VERSION), "format": "distill-teacher-outputs",
-                                            "teachers": json.dumps(len(teachers))})
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file(flat, str(tmp), metadata={"schema": str(SCHEMA_VERSION), "format": "distill-teacher-outputs",
+                                                "teachers": json.dumps(len(teachers))})
     per = []
     for i in range(len(teachers)):
         d = {part: flat[f"t{i}.{part}.logits"].numpy() for part in ("dev", "test")}

@@ -34,7 +34,7 @@ from .metrics import classification_metrics, predict_logits
 from .modeling import count_params, layer_map, save_classifier, weights_size_mb
 from .report import build_report, render_markdown
 from .runio import (RunState, atomic_dir, atomic_write_json, atomic_write_text, check_writable, link_or_copy_tree,
-                    load_checkpoint, save_checkpoint)
+                    load_checkpoint, save_checkpoint, sweep_partials)
 from .split import stratified_split
 from .strategies import build_strategy
 from .students import Evaluator, build_student, fit_settings, specs, teacher_weight_summary, train_student
@@ -227,6 +227,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
                                "--overwrite to replace it, or choose another --out.")
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir, verbose)
+    for line in sweep_partials(run_dir):
+        log.warning("resume: %s (left by a killed run)", line)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -257,6 +259,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
         stok = student_tokenization(P, toks, cfg.max_length)
 
     store = Path(cfg.teacher_store) if cfg.teacher_store else run_dir.resolve().parent / ".teacher-store"
+    for line in sweep_partials(store):
+        log.warning("teacher store: %s (left by a killed run)", line)
     store = store / teacher_fingerprint(cfg, P)
     store.mkdir(parents=True, exist_ok=True)
     teachers, teacher_rec = get_teachers(cfg, P, toks, store, device, precision)
@@ -333,6 +337,9 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
     if state.done(phase):
         return state.get(phase)
     C = len(P.ds.label_names)
+    # the strategy's own modules (projections, policies) start from the seed, not from whatever the
+    # process did before: a resumed run builds them after other phases were skipped
+    torch.manual_seed(seed)
     strategy = build_strategy(strat, cfg.strategy_settings(strat), tspecs, sspec)
     # strategies that learn from teachers also train on the transfer set (task loss on labelled rows only)
     rows = P.split.train + (P.transfer.rows if strategy.needs.teachers else [])

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,21 +20,29 @@ from typing import Any, Iterator
 import torch
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary file name beside ``path``; on success it replaces ``path`` (``os.replace``), on any
+    error it is removed. The name ``.<name>.<pid>.<random>.tmp`` tells :func:`sweep_partials` whose it is."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -59,7 +68,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary folder that replaces ``path`` when the block succeeds (and is removed if not)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.tmp-", dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -120,16 +129,8 @@ class RunState:
 
 def save_checkpoint(path: Path, state: dict) -> None:
     """Save a training checkpoint (tensors and plain containers only) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -149,3 +150,59 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+_PARTIAL = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?:[^.]+\.tmp|tmp-.+)$")
+_OLD = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_partials(folder: Path, only: str | None = None) -> list[str]:
+    """Remove what a killed writer left under ``folder`` (recursively) and return what was done, one line each.
+
+    A temporary file or folder of :func:`atomic_path` / :func:`atomic_dir` whose process (the pid in its
+    name) is gone is deleted: it never replaced anything, so nothing good is lost. A ``.<name>.old-<pid>``
+    folder without ``<name>`` beside it means the writer died between its two renames: the old, complete
+    version is put back. Temporary names of processes still running (another run sharing a teacher store)
+    are left alone. With ``only``, just the leftovers of ``folder/<only>`` (one level) are considered.
+    Safe on a folder that does not exist (returns ``[]``).
+    """
+    folder = Path(folder)
+    done: list[str] = []
+    if not folder.is_dir():
+        return done
+    found = folder.glob(".*") if only else folder.rglob(".*")
+    for p in sorted(found, key=lambda q: len(q.parts), reverse=True):
+        if not p.exists() and not p.is_symlink():
+            continue
+        if only and not p.name.startswith(f".{only}."):
+            continue
+        m = _PARTIAL.match(p.name)
+        if m and not _alive(int(m["pid"])):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            done.append(f"removed partial {p}")
+            continue
+        m = _OLD.match(p.name)
+        if m and not _alive(int(m["pid"])) and p.is_dir():
+            target = p.with_name(m["name"])
+            if target.exists():
+                shutil.rmtree(p, ignore_errors=True)
+                done.append(f"removed superseded {p}")
+            else:
+                p.rename(target)
+                done.append(f"restored {target} from {p.name}")
+    return done

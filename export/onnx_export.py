@@ -26,6 +26,7 @@ renamed into place): nothing in the run folder is changed.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
 import shutil
 import time
@@ -181,7 +182,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fp16: bool = 
             cannot be exported or quantized, an unwritable ``out``.
     """
     from distill.modeling import load_classifier
-    from distill.runio import atomic_dir, atomic_write_json, atomic_write_text, sha256_file
+    from distill.runio import atomic_dir, atomic_write_json, atomic_write_text, sha256_file, sweep_partials
     from serve.runtime import ort_logits, ort_session
 
     if int8 not in INT8_METHODS:
@@ -198,6 +199,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fp16: bool = 
                            f"`distill run --out {run_dir} --resume` and export again.")
     out = Path(out) if out is not None else run_dir / "export"
     check_out(run_dir, out)
+    for line in sweep_partials(out.parent, only=out.name):
+        logging.getLogger("distill").warning("export: %s (left by a killed export)", line)
 
     model, tok, meta = load_classifier(student)
     arch = meta.get("architecture", "transformer")
