@@ -204,7 +204,7 @@ def run_inference(run_dir: Path, report: dict, st: Settings, allow_export: bool 
         DistillError: the run's data, split or models cannot be loaded.
     """
     from distill.modeling import count_params, load_classifier, weights_size_mb
-    from distill.pipeline import load_run_data
+    from distill.runfolder import load_run_data
 
     ds, parts, cfg = load_run_data(run_dir)
     test = parts["test"]

@@ -185,7 +185,7 @@ def run_reference(run_dir: str | Path, models: tuple[str, ...] = MODELS, setfit_
         DistillError: not a finished run folder, or an unknown model name.
     """
     from distill.hub import resolve_model
-    from distill.pipeline import load_run_data
+    from distill.runfolder import load_run_data
     from distill.predict import load_backend
 
     from .common import check_run_dir

@@ -38,7 +38,7 @@ def reference_specs(run_dir: Path, out_dir: Path, models: tuple[str, ...] = DEFA
     """
     from distill.errors import DistillError
     from distill.hub import resolve_model
-    from distill.pipeline import load_run_data
+    from distill.runfolder import load_run_data
 
     from . import reference as ref
     from .common import check_run_dir

@@ -129,7 +129,7 @@ def main(run_dir: str | Path, quick: bool = False, textbrewer: bool = True, serv
 
     if serving:
         def _serve():
-            from distill.pipeline import load_run_data
+            from distill.runfolder import load_run_data
 
             ds, parts, _ = load_run_data(run_dir)
             exp, _, note = find_export(run_dir, allow_export=False)

@@ -27,6 +27,7 @@ import torch
 
 from .device import autocast_ctx
 from .modeling import masked_mean
+from .integrity import tensor_digest
 from .runio import atomic_path, fingerprint
 from .strategies.base import TeacherSignals
 from .tokens import Tokenized, length_sorted_batches, progress
@@ -146,19 +147,29 @@ def _key(K, token_level, layer_maps, layers: bool, cache: bool, dev, test, trans
 
 
 def _read(path: Path) -> dict | None:
-    """A cache file's tensors, or None when it is missing or of another schema version."""
+    """A cache file's tensors, or None when it is missing, of another schema version, or damaged (cut short,
+    or tensors that no longer match the digest written with them): the caller recomputes it."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     if not path.is_file():
         return None
-    with safe_open(str(path), "pt") as fh:
-        meta = fh.metadata() or {}
-    if meta.get("schema") != str(SCHEMA_VERSION):
-        log.info("teacher-output cache %s has schema %s (need %d): recomputing", path.name, meta.get("schema"),
-                 SCHEMA_VERSION)
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("schema") != str(SCHEMA_VERSION):
+            log.info("teacher-output cache %s has schema %s (need %d): recomputing", path.name, meta.get("schema"),
+                     SCHEMA_VERSION)
+            return None
+        flat = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a damaged file
+        log.warning("teacher-output cache %s does not load (%s); recomputing it", path, str(e)[:120])
         return None
-    return load_file(str(path))
+    if "digest" in meta and tensor_digest(flat) != meta["digest"]:
+        log.warning("teacher-output cache %s: tensors differ from the digest written with them (altered); "
+                    "recomputing it", path)
+        return None
+    return flat
 
 
 def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_level, *, needs_layers: bool,
@@ -210,7 +221,7 @@ def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_
             log.info("teacher %d outputs computed", i)
         with atomic_path(path) as tmp:
             save_file(flat, str(tmp), metadata={"schema": str(SCHEMA_VERSION), "format": "distill-teacher-outputs",
-                                                "teachers": json.dumps(len(teachers))})
+                                                "teachers": json.dumps(len(teachers)), "digest": tensor_digest(flat)})
     per = []
     for i in range(len(teachers)):
         d = {part: flat[f"t{i}.{part}.logits"].numpy() for part in ("dev", "test")}

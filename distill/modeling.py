@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import DistillError
+from .integrity import verify_checksums, write_checksums
 
 HEAD_FILE = "head.safetensors"
 POOLINGS = ("attentive", "mean", "cls", "cnn")
@@ -216,7 +217,8 @@ def layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 def save_classifier(model: EncoderClassifier, tokenizer, folder: Path, meta: dict) -> None:
     """Write a classifier folder (encoder via ``save_pretrained`` in safetensors, tokenizer,
-    ``head.safetensors``, ``classifier.json``). The caller makes it atomic (see ``runio``)."""
+    ``head.safetensors``, ``classifier.json``, and last ``checksums.json``, see :mod:`distill.integrity`).
+    The caller makes it atomic (see ``runio``)."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -226,6 +228,7 @@ def save_classifier(model: EncoderClassifier, tokenizer, folder: Path, meta: dic
         tokenizer.save_pretrained(str(folder))
         full = dict(meta, **save_textcnn(model, folder), format="distill-classifier/1")
         (folder / META_FILE).write_text(json.dumps(full, indent=2))
+        write_checksums(folder)
         return
     model.encoder.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
@@ -239,6 +242,7 @@ def save_classifier(model: EncoderClassifier, tokenizer, folder: Path, meta: dic
                  "projection": not isinstance(model.proj, nn.Identity),
                  "format": "distill-classifier/1"})
     (folder / META_FILE).write_text(json.dumps(full, indent=2))
+    write_checksums(folder)
 
 
 def load_classifier(folder: str | Path, device: str = "cpu") -> tuple[EncoderClassifier, object, dict]:
@@ -248,12 +252,17 @@ def load_classifier(folder: str | Path, device: str = "cpu") -> tuple[EncoderCla
         ``(model in eval mode, tokenizer, meta dict)``.
 
     Raises:
-        DistillError: missing files.
+        CorruptArtifact: a file differs from ``checksums.json`` (cut short, altered, missing).
+        DistillError: missing files, or (folders without checksums) a weights file that does not load.
     """
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
     folder = Path(folder)
+    verify_checksums(folder, "Restore the folder from a copy or rebuild it (a run's student: `distill run --out "
+                             "RUN --resume` retrains a damaged seed; the teacher store rebuilds itself).")
+    for f in folder.glob("*.safetensors"):
+        _check_safetensors(f)
     meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
     textcnn = meta.get("architecture") == "textcnn"
     need = ("model.safetensors", META_FILE) if textcnn else ("config.json", "model.safetensors", HEAD_FILE, META_FILE)
@@ -275,6 +284,18 @@ def load_classifier(folder: str | Path, device: str = "cpu") -> tuple[EncoderCla
         raise DistillError(f"{folder / HEAD_FILE}: parameters do not match classifier.json ({bad[:3]}).")
     tok = AutoTokenizer.from_pretrained(str(folder))
     return model.to(device).eval(), tok, meta
+
+
+def _check_safetensors(path: Path) -> None:
+    """Open a safetensors header; a cut-short or foreign file raises :class:`DistillError` naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            fh.keys()
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for every failure
+        raise DistillError(f"{path}: not a readable safetensors file ({str(e)[:120]}); the file is cut short or "
+                           "altered. Restore or rebuild the folder.") from None
 
 
 def weights_size_mb(folder: str | Path) -> float:

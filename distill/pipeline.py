@@ -30,6 +30,7 @@ from .device import resolve_device, resolve_precision
 from .errors import DistillError
 from .guards import choose_student, expand_weights, select_teachers
 from .hub import check_safetensors, resolve_model
+from .integrity import CorruptArtifact, verify_checksums
 from .metrics import classification_metrics, predict_logits
 from .modeling import count_params, layer_map, save_classifier, weights_size_mb
 from .report import build_report, render_markdown
@@ -335,7 +336,13 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
     phase = f"student/{strat}/seed{seed}"
     sdir = run_dir / "students" / f"{strat}-seed{seed}"
     if state.done(phase):
-        return state.get(phase)
+        res = state.get(phase)
+        try:
+            if "model_dir" in res:
+                verify_checksums(run_dir / res["model_dir"], "")
+            return res
+        except CorruptArtifact as e:
+            log.warning("%s: the saved student is damaged (%s: %s); training this seed again", phase, e.path, e.problem)
     C = len(P.ds.label_names)
     # the strategy's own modules (projections, policies) start from the seed, not from whatever the
     # process did before: a resumed run builds them after other phases were skipped
@@ -381,30 +388,3 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
     log.info("%s seed %d: test acc %.2f macro-F1 %.2f (%.0f s)", strat, seed, res["test"]["accuracy"],
              res["test"]["macro_f1"], train_s)
     return res
-
-
-def load_run_data(run_dir: str | Path) -> tuple[TextDataset, dict[str, list[int]], RunConfig]:
-    """Reload a finished run's dataset and split (for export parity, serving checks and benchmarks).
-
-    Returns:
-        ``(dataset, {"train"|"dev"|"test": row indices}, config)``; the rows are those recorded in
-        ``split.json`` (matched by id), so the result does not depend on re-running the split.
-
-    Raises:
-        DistillError: missing ``config.json``/``split.json`` or ids that no longer exist in the data.
-    """
-    run_dir = Path(run_dir)
-    for f in ("config.json", "split.json"):
-        if not (run_dir / f).is_file():
-            raise DistillError(f"{run_dir}: missing {f}; not a distill run folder (or the run did not start).")
-    cfg = RunConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    ds = load_dataset(cfg.data, cfg.data_format, cfg.text_cols, cfg.label_col, cfg.id_col)
-    split = json.loads((run_dir / "split.json").read_text())
-    pos = {i: k for k, i in enumerate(ds.ids)}
-    parts = {}
-    for part, ids in split["ids"].items():
-        missing = [i for i in ids if i not in pos]
-        if missing:
-            raise DistillError(f"{run_dir}/split.json: id {missing[0]!r} is not in {ds.source}; the data changed.")
-        parts[part] = [pos[i] for i in ids]
-    return ds, parts, cfg

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import cache as teacher_cache
+from .errors import DistillError
 from .metrics import classification_metrics, predict_logits, softmax_np
 from .modeling import (ClassificationHead, EncoderClassifier, count_params, load_classifier, load_encoder,
                        save_classifier, weights_size_mb)
@@ -173,10 +174,17 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
     """
     done = store / "teachers.json"
     if done.is_file():
-        log.info("reusing finetuned teachers from %s", store)
-        rec = json.loads(done.read_text())
-        rec["reused"] = True
-        return [load_classifier(store / f"teacher_{i}", device)[0] for i in range(len(cfg.teachers))], rec
+        try:
+            rec = json.loads(done.read_text())
+            teachers = [load_classifier(store / f"teacher_{i}", device)[0] for i in range(len(cfg.teachers))]
+        except (DistillError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            # derived data: rebuilding it is safe, and cheaper than a run that stops here
+            log.warning("teacher store entry %s is damaged (%s); finetuning the teachers again", store, e)
+            done.unlink()
+        else:
+            log.info("reusing finetuned teachers from %s", store)
+            rec["reused"] = True
+            return teachers, rec
     teachers = build_teachers(cfg, P)
     ckpt = store / ".cofinetune.ckpt"
     resume = load_checkpoint(ckpt) if ckpt.is_file() else None

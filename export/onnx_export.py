@@ -50,7 +50,7 @@ def _load_data(run_dir: Path, tok, max_length: int, pad_id: int, test: bool, cal
     Raises:
         DistillError: the run's data cannot be loaded, or the split part needed is empty.
     """
-    from distill.pipeline import load_run_data
+    from distill.runfolder import load_run_data
     from serve.runtime import padded_batches, token_ids
 
     try:

@@ -47,7 +47,7 @@ def exported(tiny_run) -> tuple[Path, dict, int]:
 
 
 def _test_texts(run_dir: Path) -> tuple[list[str], list[int]]:
-    from distill.pipeline import load_run_data
+    from distill.runfolder import load_run_data
 
     ds, parts, _ = load_run_data(run_dir)
     return [ds.texts[i] for i in parts["test"]], [ds.labels[i] for i in parts["test"]]
