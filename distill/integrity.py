@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import DistillError
+from .runio import sha256_file
 
 CHECKSUMS = "checksums.json"
 
@@ -38,20 +39,12 @@ class CorruptArtifact(DistillError):
         super().__init__(f"{path}: {problem}. {fix}")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_checksums(folder: Path) -> None:
     """Write ``folder/checksums.json``: ``{"algorithm": "sha256", "files": {relative path: {"sha256", "bytes"}}}``
     for every file under ``folder``. Call it after the last file is written (the folder is still a
     temporary one of :func:`distill.runio.atomic_dir`, so a plain write is enough)."""
     folder = Path(folder)
-    files = {str(p.relative_to(folder)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    files = {str(p.relative_to(folder)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
     (folder / CHECKSUMS).write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=1) + "\n")
 
@@ -79,7 +72,7 @@ def verify_checksums(folder: Path, fix: str) -> bool:
         size = p.stat().st_size
         if size != want["bytes"]:
             raise CorruptArtifact(p, f"has {size} bytes, {want['bytes']} were written (cut short or altered)", fix)
-        if _sha256(p) != want["sha256"]:
+        if sha256_file(p) != want["sha256"]:
             raise CorruptArtifact(p, "sha256 differs from the one recorded when it was written (altered)", fix)
     return True
 
