@@ -17,8 +17,9 @@ job finishes, and checks:
 Usage (tiny models built from configs, about 25 s per kill on 2 cores)::
 
     python -m benchmarks.crash_campaign --work /tmp/crash --kills 30
-    python -m benchmarks.crash_campaign --work /tmp/crash-default --job default --kills 6 \\
-        --reference runs/default     # the default job (BBC, real teachers): an uninterrupted run to compare
+    python -m benchmarks.crash_campaign --work /tmp/crash-default --job default --kills 3 --no-export \\
+        --reference runs/default --store runs/.teacher-store \\
+        --targets student/mtbert/seed13,student/nokd/seed13,report   # the default job, teachers reused
 
 Prints one line per kill and a table: kills tried / resumed / identical / clean, per phase. Exit status 1
 when any kill did not resume, differs or left a partial file. Results: ``WORK/campaign.json``.
@@ -272,7 +273,8 @@ def campaign(args: argparse.Namespace) -> int:
                 k.identical = got == ref_export
             bad = partial_files(trial / "export") + [str(p) for p in trial.glob(".export*")]
         else:
-            out, store = trial / "run", trial / "store"
+            out = trial / "run"
+            store = Path(args.store) if args.store else trial / "store"
             kill_run(job, phases, durations, k, out, store, rng, resume=out.exists())
             k.resumed = finish_run(job, out, store)
             if k.resumed:
@@ -280,7 +282,7 @@ def campaign(args: argparse.Namespace) -> int:
                 k.identical = got == ref_metrics
                 if not k.identical:
                     k.notes.append("metrics differ from the uninterrupted run")
-            bad = partial_files(out, store)
+            bad = partial_files(out, store if not args.store else out)
         k.clean = not bad
         k.swept = sum(_read(f).count("left by a killed") for f in (trial / "run" / "log.txt", trial / "export.out"))
         k.notes += bad[:5]
@@ -317,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", help="an uninterrupted run folder of the same job to compare with "
                                         "(default: run one first)")
     ap.add_argument("--durations", help="JSON {phase: seconds} to spread kills over (with --reference)")
+    ap.add_argument("--store", help="a teacher store to share between the kills (teachers and cache reused, so "
+                                    "co-finetuning is not killed; for the default job)")
     ap.add_argument("--threads", type=int, default=2, help="--threads of the default job")
     ap.add_argument("--no-export", action="store_true", help="kill `distill run` only")
     ap.add_argument("--targets", help="comma-separated phases to aim at (default: every phase, round-robin)")
