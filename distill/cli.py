@@ -36,6 +36,7 @@ def run(
     text_col: List[str] = typer.Option(["text"], "--text-col", help="Text column(s) of a CSV/TSV/JSONL (repeat to join several, e.g. title + abstract). Names, or 0-based indices without a header."),
     label_col: str = typer.Option("label", "--label-col", help="Label column (name or 0-based index)."),
     id_col: Optional[str] = typer.Option(None, "--id-col", help="Optional id column; default the row number."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Text encoding of a CSV/TSV/JSONL data file (e.g. cp1252 for Excel/Windows exports, latin-1)."),
     seed: int = typer.Option(13, help="Seed of the split, the teachers and the first student."),
     dev_frac: float = typer.Option(0.1, help="Fraction of each class in the dev part."),
     test_frac: float = typer.Option(0.2, help="Fraction of each class in the test part."),

@@ -22,6 +22,7 @@ class RunConfig:
     text_cols: list[str] = field(default_factory=lambda: ["text"])
     label_col: str = "label"
     id_col: str | None = None
+    encoding: str = "utf-8"
     seed: int = 13
     dev_frac: float = 0.1
     test_frac: float = 0.2
@@ -140,17 +141,29 @@ class RunConfig:
                 self.textcnn_settings()
             else:
                 self.strategy_settings(name)
-        checks = [("max_length", self.max_length >= 8), ("teacher_epochs", self.teacher_epochs >= 0),
-                  ("student_epochs", self.student_epochs >= 1), ("repeats", self.repeats >= 1),
-                  ("teacher_batch_size", self.teacher_batch_size >= 1),
-                  ("student_batch_size", self.student_batch_size >= 1), ("train_cap", self.train_cap is None or self.train_cap >= 2),
-                  ("student_layers", self.student_layers is None or self.student_layers >= 1),
-                  ("unlabeled_from_train", self.unlabeled_from_train >= -1),
-                  ("teacher_patience", self.teacher_patience is None or self.teacher_patience >= 1),
-                  ("teacher_time_budget", self.teacher_time_budget is None or self.teacher_time_budget > 0)]
-        for name, ok in checks:
+        checks = [("max_length", self.max_length >= 8, "an integer >= 8 (tokens)"),
+                  ("teacher_epochs", self.teacher_epochs >= 0, "an integer >= 0 (0 = no co-finetuning)"),
+                  ("student_epochs", self.student_epochs >= 1, "an integer >= 1"),
+                  ("repeats", self.repeats >= 1, "an integer >= 1 (seeds)"),
+                  ("teacher_batch_size", self.teacher_batch_size >= 1, "an integer >= 1"),
+                  ("student_batch_size", self.student_batch_size >= 1, "an integer >= 1"),
+                  ("eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1"),
+                  ("train_cap", self.train_cap is None or self.train_cap >= 2, "an integer >= 2, or unset"),
+                  ("student_layers", self.student_layers is None or self.student_layers >= 1, "an integer >= 1"),
+                  ("unlabeled_from_train", self.unlabeled_from_train >= -1, "an integer >= 0, or -1 for all"),
+                  ("teacher_patience", self.teacher_patience is None or self.teacher_patience >= 1, "an integer >= 1"),
+                  ("teacher_time_budget", self.teacher_time_budget is None or self.teacher_time_budget > 0,
+                   "a number of seconds > 0"),
+                  ("teacher_lr", self.teacher_lr > 0, "a number > 0"), ("student_lr", self.student_lr > 0, "a number > 0"),
+                  ("head_lr", self.head_lr > 0, "a number > 0"),
+                  ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+                  ("warmup", 0 <= self.warmup < 1, "a fraction in [0, 1)"),
+                  ("teacher_train_layers", self.teacher_train_layers >= 0, "an integer >= 0 (0 = all layers)"),
+                  ("cache_max_mb", self.cache_max_mb >= 0, "a number of MB >= 0"),
+                  ("threads", self.threads is None or self.threads >= 1, "an integer >= 1, or unset for all cores")]
+        for name, ok, valid in checks:
             if not ok:
-                raise DistillError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r}.")
+                raise DistillError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: out of range; give {valid}.")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise DistillError("--device must be auto, cpu, cuda or cuda:N.")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):

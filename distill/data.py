@@ -9,13 +9,17 @@ end (run folder, export, service).
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from .errors import DistillError
+
+log = logging.getLogger("distill")
 
 #: Default location of the shared datasets, relative to the project root (see ``../shared/data``).
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -64,26 +68,28 @@ def _finish(ids, texts, raw_labels, source, label_names=None, where=None) -> Tex
     every label -1 and no label names)."""
     if not texts:
         raise DistillError(f"{source}: no rows were read. Check the path and the file format.")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str) or not t.strip():
-            loc = where[i] if where else f"row {i + 1}"
-            raise DistillError(
-                f"{source}: empty text at {loc} (id {ids[i]!r}). Remove the row or choose other "
-                "text columns with --text-col."
-            )
+    empty = [(where[i] if where else f"row {i + 1}") + f" (id {ids[i]!r})"
+             for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if empty:
+        raise _bad_rows(source, "with an empty text", empty,
+                        "Remove those rows or choose other text columns with --text-col.")
+    seen: dict[str, int] = {}
+    dup = [f"{(where[i] if where else f'row {i + 1}')} (id {x!r}, first at "
+           f"{where[seen[x]] if where else f'row {seen[x] + 1}'})" for i, x in enumerate(ids) if seen.setdefault(x, i) != i]
+    if dup:
+        raise _bad_rows(source, "with an id used before", dup, "Ids must be unique: fix the id column, choose "
+                        "another with --id-col, or leave --id-col out to number the rows.")
     if raw_labels is None:
         return TextDataset(ids=list(ids), texts=[t.strip() for t in texts], labels=[-1] * len(texts),
                            label_names=[], source=source)
     if label_names is None:
         label_names = sorted({str(x) for x in raw_labels})
     index = {n: i for i, n in enumerate(label_names)}
-    labels = []
-    for i, lab in enumerate(raw_labels):
-        key = str(lab)
-        if key not in index:
-            loc = where[i] if where else f"row {i + 1}"
-            raise DistillError(f"{source}: unknown label {key!r} at {loc}; expected one of {label_names}.")
-        labels.append(index[key])
+    unknown = [(where[i] if where else f"row {i + 1}") + f" ({str(lab)!r})"
+               for i, lab in enumerate(raw_labels) if str(lab) not in index]
+    if unknown:
+        raise _bad_rows(source, "with an unknown label", unknown, f"Expected one of {label_names}.")
+    labels = [index[str(lab)] for lab in raw_labels]
     return TextDataset(ids=list(ids), texts=[t.strip() for t in texts], labels=labels,
                        label_names=list(label_names), source=source)
 
@@ -94,6 +100,31 @@ def _read_text_file(path: Path) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """The whole file decoded with ``encoding``.
+
+    Raises:
+        DistillError: bytes that are not valid ``encoding``, naming the file, the line, the byte offset and
+            the fix (``--encoding``); an unknown encoding name.
+    """
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode(encoding)
+    except LookupError:
+        raise DistillError(f"--encoding {encoding!r}: unknown encoding; use e.g. utf-8, cp1252, latin-1.") from None
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DistillError(f"{path}: not valid {encoding} at line {line}, byte offset {e.start} (byte 0x{raw[e.start]:02x}). "
+                           "Pass --encoding cp1252 (Excel/Windows exports) or --encoding latin-1, "
+                           "or re-save the file as UTF-8.") from None
+
+
+def _bad_rows(source, problem: str, locs: list[str], fix: str) -> DistillError:
+    """One error for every row with the same problem: the first 20 locations and the count."""
+    more = f" and {len(locs) - 20} more" if len(locs) > 20 else ""
+    return DistillError(f"{source}: {len(locs)} row(s) {problem}: {', '.join(locs[:20])}{more}. {fix}")
 
 
 def bbc_news_dir() -> Path:
@@ -137,6 +168,23 @@ def load_bbc() -> TextDataset:
     return load_folder(bbc_news_dir(), source="bbc")
 
 
+def _looks_like_header(text: str, delim: str, rows: list[list[str]], label_ix: int | None) -> bool:
+    """Whether the first row of a delimited file is a header. Data when a field of it is a number; a header
+    when its label field never occurs again in a label column whose values repeat; else
+    :class:`csv.Sniffer` on the first 64 KB."""
+    first = rows[0]
+    if any(f.strip().lstrip("-").replace(".", "", 1).isdigit() for f in first):
+        return False
+    if label_ix is not None and label_ix < len(first):
+        rest = Counter(r[label_ix] for r in rows[1:] if len(r) > label_ix)
+        if rest and max(rest.values()) > 1:
+            return rest[first[label_ix]] == 0
+    try:
+        return csv.Sniffer().has_header(text[:65536])
+    except csv.Error:
+        return True
+
+
 def _resolve_col(col: str, header: list[str] | None, ncols: int, path: Path, flag: str) -> int:
     if header is not None and col in header:
         return header.index(col)
@@ -156,6 +204,7 @@ def load_table(
     label_names: Sequence[str] | None = None,
     joiner: str = ". ",
     label_required: bool = True,
+    encoding: str = "utf-8",
 ) -> TextDataset:
     """Load a CSV, TSV or JSONL file.
 
@@ -170,9 +219,15 @@ def load_table(
         header: whether a CSV/TSV has a header row (columns may then be addressed by name).
         label_names: fixed ordered label names; default: sorted distinct labels.
         label_required: False reads the texts only (labels -1) when the file has no ``label_col``.
+        encoding: the file's text encoding (``--encoding``).
+
+    A CSV/TSV whose columns are all addressed by index is checked for a header with
+    :class:`csv.Sniffer`: when its first row looks like data it is kept as data, and the log says so
+    (a row is never dropped silently).
 
     Raises:
-        DistillError: missing file, unknown column, empty text, unparsable JSON line.
+        DistillError: missing file, bytes not valid in ``encoding``, unknown column, rows with another
+            number of fields than the first (all listed), empty texts (all listed), unparsable JSON line.
     """
     path = Path(path)
     if not path.is_file():
@@ -181,17 +236,16 @@ def load_table(
     rows: list[list[str]] | list[dict]
     if ext in (".jsonl", ".json", ".ndjson"):
         rows = []
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DistillError(f"{path}: line {n} is not valid JSON ({e.msg}).") from None
-                if not isinstance(obj, dict):
-                    raise DistillError(f"{path}: line {n} is not a JSON object.")
-                rows.append(obj)
+        for n, line in enumerate(read_text(path, encoding).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DistillError(f"{path}: line {n} is not valid JSON ({e.msg}).") from None
+            if not isinstance(obj, dict):
+                raise DistillError(f"{path}: line {n} is not a JSON object.")
+            rows.append(obj)
         if not rows:
             raise DistillError(f"{path}: the file has no rows.")
         keys = list(rows[0].keys())
@@ -212,11 +266,17 @@ def load_table(
             where.append(f"line {n}")
     else:
         delim = delimiter or ("\t" if ext == ".tsv" else ",")
-        with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.reader(fh, delimiter=delim, quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
-            all_rows = [r for r in reader if r]
+        text = read_text(path, encoding)
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim,
+                            quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL)
+        all_rows = [r for r in reader if r]
         if not all_rows:
             raise DistillError(f"{path}: the file has no rows.")
+        by_index = all(c is None or c.isdigit() for c in list(text_cols) + [label_col, id_col])
+        if header and by_index and not _looks_like_header(text, delim, all_rows, int(label_col) if label_col else None):
+            header = False
+            log.warning("%s: columns are given by index and the first row looks like data, not a header: "
+                        "it is read as data (row 1)", path)
         head = all_rows[0] if header else None
         body = all_rows[1:] if header else all_rows
         ncols = len(all_rows[0])
@@ -227,9 +287,11 @@ def load_table(
         iix = _resolve_col(id_col, head, ncols, path, "--id-col") if id_col else None
         ids, texts, labs, where = [], [], [], []
         first = 2 if header else 1
+        ragged = [f"row {n} ({len(r)} fields)" for n, r in enumerate(body, first) if len(r) != ncols]
+        if ragged:
+            raise _bad_rows(path, f"with another number of fields than the {'header' if header else 'first row'} "
+                            f"({ncols})", ragged, "Quote fields that contain the delimiter, or fix those rows.")
         for n, r in enumerate(body, first):
-            if len(r) <= max(tix + [x for x in (lix, iix) if x is not None]):
-                raise DistillError(f"{path}: row {n} has {len(r)} columns, expected {ncols}.")
             ids.append(r[iix] if iix is not None else str(n))
             texts.append(joiner.join(r[i].strip() for i in tix if r[i].strip()))
             labs.append(r[lix] if lix is not None else None)
@@ -307,6 +369,7 @@ def load_dataset(
     text_cols: Sequence[str] = ("text",),
     label_col: str = "label",
     id_col: str | None = None,
+    encoding: str = "utf-8",
 ) -> TextDataset:
     """Load the dataset named on the command line.
 
@@ -314,6 +377,7 @@ def load_dataset(
         data: ``None`` or ``"bbc"`` for the built-in BBC News; ``"ag_news"`` / ``"mind"`` for the
             shared files; otherwise a path to a file or folder.
         fmt: ``auto``, ``bbc``, ``folder``, ``agnews``, ``mind``, ``csv``, ``tsv``, ``jsonl``.
+        encoding: text encoding of a CSV/TSV/JSONL file (``--encoding``).
     """
     if data in (None, "", "bbc") and fmt in ("auto", "bbc"):
         return load_bbc()
@@ -333,4 +397,4 @@ def load_dataset(
     if kind in ("folder", "bbc"):
         return load_folder(p)
     return load_table(p, text_cols=text_cols, label_col=label_col, id_col=id_col,
-                      delimiter="\t" if kind == "tsv" else None)
+                      delimiter="\t" if kind == "tsv" else None, encoding=encoding)

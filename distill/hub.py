@@ -181,3 +181,16 @@ def check_safetensors(folder: Path, role: str, name: str) -> None:
             f"{role} {name!r}: {folder} has no *.safetensors weights. Pickled weights are not loaded "
             "(they can run code); convert the model to safetensors first."
         )
+
+
+def is_encoder(config) -> bool:
+    """Whether a transformers config describes an encoder-only model (a masked-LM family, e.g. BERT, MPNet,
+    RoBERTa), not a decoder-only (GPT-2, Llama) or encoder-decoder (T5, BART) one. Unknown families with
+    ``is_decoder``/``is_encoder_decoder`` unset count as encoders."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+        return False
+    t = getattr(config, "model_type", "")
+    return t in MODEL_FOR_MASKED_LM_MAPPING_NAMES or t not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES

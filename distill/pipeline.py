@@ -29,7 +29,7 @@ from .data import TextDataset, load_dataset
 from .device import resolve_device, resolve_precision
 from .errors import DistillError
 from .guards import choose_student, expand_weights, select_teachers
-from .hub import check_safetensors, resolve_model
+from .hub import check_safetensors, is_encoder, resolve_model
 from .integrity import CorruptArtifact, verify_checksums
 from .metrics import classification_metrics, predict_logits
 from .modeling import count_params, layer_map, save_classifier, weights_size_mb
@@ -52,6 +52,7 @@ def setup_logging(run_dir: Path | None = None, verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for h in list(root.handlers):
         root.removeHandler(h)
+        h.close()
     ch = logging.StreamHandler()
     ch.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     root.addHandler(ch)
@@ -117,7 +118,10 @@ def prepare(cfg: RunConfig) -> Prepared:
 
     cfg.validate()
     P = Prepared()
-    P.ds = load_dataset(cfg.data, cfg.data_format, cfg.text_cols, cfg.label_col, cfg.id_col)
+    P.ds = load_dataset(cfg.data, cfg.data_format, cfg.text_cols, cfg.label_col, cfg.id_col, cfg.encoding)
+    if len(P.ds.label_names) < 2:
+        raise DistillError(f"{P.ds.source}: every row has the label {P.ds.label_names[0]!r} (column "
+                           f"{cfg.label_col!r}); a classifier needs at least 2 classes. Check --label-col.")
     P.split = stratified_split(P.ds.labels, P.ds.label_names, cfg.seed, cfg.dev_frac, cfg.test_frac, cfg.train_cap)
     P.ds, P.transfer = build_transfer(P.ds, P.split, cfg.unlabeled, cfg.unlabeled_from_train, cfg.text_cols, cfg.seed)
     P.train_labels = masked_labels(P.ds, P.transfer)
@@ -126,8 +130,10 @@ def prepare(cfg: RunConfig) -> Prepared:
         p = resolve_model(name, "teacher")
         check_safetensors(p, "teacher", name)
         c = AutoConfig.from_pretrained(str(p), trust_remote_code=cfg.trust_remote_code)
-        if not hasattr(c, "num_hidden_layers") or not hasattr(c, "hidden_size"):
-            raise DistillError(f"teacher {name!r}: {c.model_type} is not a Transformer encoder with layers.")
+        if not hasattr(c, "num_hidden_layers") or not hasattr(c, "hidden_size") or not is_encoder(c):
+            raise DistillError(f"teacher {name!r}: {c.model_type} is not a Transformer encoder (BERT-like: bert, "
+                               "roberta, mpnet, deberta, electra, ...); decoder-only and encoder-decoder models are "
+                               "not supported as teachers. Pass an encoder with --teacher.")
         P.teacher_paths.append(p)
         P.teacher_cfgs.append(c)
         P.teacher_toks.append(AutoTokenizer.from_pretrained(str(p), trust_remote_code=cfg.trust_remote_code))
@@ -226,6 +232,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
         elif not resume:
             raise DistillError(f"output folder {run_dir} already holds a run. Pass --resume to continue it, "
                                "--overwrite to replace it, or choose another --out.")
+    fresh = not run_dir.exists() or not any(run_dir.iterdir())
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir, verbose)
     for line in sweep_partials(run_dir):
@@ -238,8 +245,14 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
     timer = Timer(state.get("timer") or {})
     t_start = time.perf_counter()
 
-    with timer("prepare"):
-        P = prepare(cfg)
+    try:
+        with timer("prepare"):
+            P = prepare(cfg)
+    except DistillError:
+        if fresh:  # nothing worth keeping: the corrected rerun must not find "a run" here
+            setup_logging(None, verbose)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     atomic_write_json(saved, cfg.to_dict())
     atomic_write_json(run_dir / "split.json", {
         "seed": cfg.seed, "fractions": P.split.fractions, "train_cap": cfg.train_cap, "sizes": P.split.sizes(),

@@ -41,7 +41,7 @@ def load_run_data(run_dir: str | Path) -> tuple[TextDataset, dict[str, list[int]
     """
     run_dir = Path(run_dir)
     cfg = RunConfig.from_dict(read_run_json(run_dir, "config.json"))
-    ds = load_dataset(cfg.data, cfg.data_format, cfg.text_cols, cfg.label_col, cfg.id_col)
+    ds = load_dataset(cfg.data, cfg.data_format, cfg.text_cols, cfg.label_col, cfg.id_col, cfg.encoding)
     split = read_run_json(run_dir, "split.json")
     pos = {i: k for k, i in enumerate(ds.ids)}
     parts = {}

@@ -64,7 +64,31 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def progress(iterable, desc: str, total: int | None = None):
-    """A tqdm progress bar (sparse updates when not on a terminal, so CI logs stay short)."""
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 30.0)
+def progress(iterable, desc: str, total: int | None = None, every_s: float = 30.0):
+    """A tqdm progress bar on a terminal; elsewhere (a file, a CI log) no carriage-return bar but one log
+    line ``desc: done/total (pct%), elapsed s`` every ``every_s`` seconds, so the log stays line-clean."""
+    if sys.stderr.isatty():
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, mininterval=0.5)
+    return _logged(iterable, desc, total if total is not None else _len(iterable), every_s)
+
+
+def _len(iterable) -> int | None:
+    try:
+        return len(iterable)
+    except TypeError:
+        return None
+
+
+def _logged(iterable, desc: str, total: int | None, every_s: float):
+    import logging
+    import time
+
+    log = logging.getLogger("distill")
+    t0 = last = time.perf_counter()
+    for n, item in enumerate(iterable, 1):
+        yield item
+        now = time.perf_counter()
+        if now - last >= every_s:
+            last = now
+            pct = f" ({100 * n / total:.0f}%)" if total else ""
+            log.info("%s: %d/%s%s, %.0f s", desc, n, total if total is not None else "?", pct, now - t0)

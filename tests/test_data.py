@@ -27,7 +27,7 @@ def test_unknown_column_names_file_and_columns(tiny_csv):
 def test_empty_text_names_row(tmp_path):
     p = tmp_path / "d.csv"
     p.write_text("text,label\nhello world,a\n   ,b\n")
-    with pytest.raises(DistillError, match=r"empty text at row 3"):
+    with pytest.raises(DistillError, match=r"with an empty text: row 3"):
         load_table(p)
 
 

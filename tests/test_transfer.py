@@ -30,7 +30,7 @@ def test_read_texts_any_format_labels_optional(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"body": "x y"}\n{"body": "z"}\n')
     assert read_texts(tmp_path / "c.jsonl", text_cols=["body"]).texts == ["x y", "z"]
     (tmp_path / "d.csv").write_text("text\nok\n\"\"\n")
-    with pytest.raises(DistillError, match="empty text at row 3"):
+    with pytest.raises(DistillError, match="with an empty text: row 3"):
         read_texts(tmp_path / "d.csv")
     with pytest.raises(DistillError, match="unknown column 'title'"):
         read_texts(tmp_path / "b.csv", text_cols=["title"])
