@@ -110,11 +110,13 @@ def export_metrics_of(manifest: dict) -> dict:
     return {"test_metrics": manifest["test_metrics"], "parity": parity, "student": manifest["student_sha256"]}
 
 
-def partial_files(*folders: Path) -> list[str]:
-    """Temporary names left behind, safetensors files that do not open, JSON files that do not parse."""
+def partial_files(*folders: Path, no_empty: tuple[Path, ...] = ()) -> list[str]:
+    """Temporary names left behind, safetensors files that do not open, JSON files that do not parse, and
+    empty folders under ``no_empty`` (a teacher store entry created by a run killed before writing)."""
     from safetensors import safe_open
 
-    bad = []
+    bad = [f"empty folder left: {d}" for root in no_empty if root.exists() for d in root.rglob("*")
+           if d.is_dir() and not any(d.iterdir())]
     for folder in folders:
         if not folder.exists():
             continue
@@ -282,7 +284,7 @@ def campaign(args: argparse.Namespace) -> int:
                 k.identical = got == ref_metrics
                 if not k.identical:
                     k.notes.append("metrics differ from the uninterrupted run")
-            bad = partial_files(out, store if not args.store else out)
+            bad = partial_files(out, store, no_empty=(store,)) if not args.store else partial_files(out)
         k.clean = not bad
         k.swept = sum(_read(f).count("left by a killed") for f in (trial / "run" / "log.txt", trial / "export.out"))
         k.notes += bad[:5]

@@ -73,7 +73,7 @@ def run(
     threads: Optional[int] = typer.Option(None, help="CPU threads for PyTorch (default: all cores)."),
     teacher_cache: bool = typer.Option(True, help="Cache frozen teachers' outputs once instead of running them at every step."),
     cache_max_mb: float = typer.Option(4096.0, help="Largest teacher-output cache (MB); above it teachers run online."),
-    teacher_store: Optional[Path] = typer.Option(None, help="Folder of finetuned teachers reused across runs (default: <out>/../.teacher-store)."),
+    teacher_store: Optional[Path] = typer.Option(None, help="Folder of finetuned teachers and teacher-output caches reused across runs (default: $DISTILL_TEACHER_STORE, else ${XDG_CACHE_HOME:-~/.cache}/distill/teachers; a .teacher-store folder beside --out from older versions is still used)."),
     trust_remote_code: bool = typer.Option(False, help="Allow model repos' custom code (off by default)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last finished phase/epoch."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),

@@ -39,7 +39,7 @@ from .runio import (RunState, atomic_dir, atomic_write_json, atomic_write_text, 
 from .split import stratified_split
 from .strategies import build_strategy
 from .students import Evaluator, build_student, fit_settings, specs, teacher_weight_summary, train_student
-from .teachers import get_teachers, teacher_fingerprint, teacher_outputs_phase, teacher_report
+from .teachers import get_teachers, teacher_fingerprint, teacher_outputs_phase, teacher_report, teacher_store_root
 from .tokens import Tokenized, same_tokenization
 from .transfer import TransferSet, build_transfer, masked_labels
 
@@ -272,11 +272,11 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
         toks = [Tokenized(t, P.ds.texts, cfg.max_length) for t in P.teacher_toks]
         stok = student_tokenization(P, toks, cfg.max_length)
 
-    store = Path(cfg.teacher_store) if cfg.teacher_store else run_dir.resolve().parent / ".teacher-store"
+    store = teacher_store_root(cfg.teacher_store, run_dir)
+    log.info("teacher store: %s", store)
     for line in sweep_partials(store):
         log.warning("teacher store: %s (left by a killed run)", line)
-    store = store / teacher_fingerprint(cfg, P)
-    store.mkdir(parents=True, exist_ok=True)
+    store = store / teacher_fingerprint(cfg, P)  # created by its first file (no empty entry after a kill)
     teachers, teacher_rec = get_teachers(cfg, P, toks, store, device, precision)
     if not teacher_rec.get("reused"):
         timer.times["teachers_finetune"] = teacher_rec["seconds"]

@@ -153,6 +153,25 @@ def teacher_fingerprint(cfg, P) -> str:
     })
 
 
+def teacher_store_root(option: str | None, run_dir: Path) -> Path:
+    """Where finetuned teachers and their output caches are kept and reused across runs.
+
+    ``--teacher-store`` when given; else ``$DISTILL_TEACHER_STORE``; else a ``.teacher-store`` folder beside
+    the run folder when one exists (the location of versions before 0.4, so their runs resume without
+    finetuning again); else the user cache folder ``${XDG_CACHE_HOME:-~/.cache}/distill/teachers``.
+    """
+    import os
+
+    if option:
+        return Path(option)
+    if os.environ.get("DISTILL_TEACHER_STORE"):
+        return Path(os.environ["DISTILL_TEACHER_STORE"])
+    legacy = Path(run_dir).resolve().parent / ".teacher-store"
+    if legacy.is_dir():
+        return legacy
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "distill" / "teachers"
+
+
 def build_teachers(cfg, P) -> list[EncoderClassifier]:
     """Pre-trained teacher encoders with the shared (``joint``) or own (``independent``) heads."""
     torch.manual_seed(cfg.seed)

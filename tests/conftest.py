@@ -11,6 +11,15 @@ from distill.testing import build_tiny_model, make_texts, tiny_run_args, write_t
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _teacher_store_env(tmp_path_factory):
+    """Runs that name no --teacher-store use a session folder, never the user's ~/.cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DISTILL_TEACHER_STORE", str(tmp_path_factory.mktemp("default-store")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_teachers(tmp_path_factory) -> list[Path]:
     """Two tiny heterogeneous teachers: BERT (4 layers, hidden 32) and MPNet (2 layers, hidden 48, other tokenizer)."""
@@ -32,6 +41,7 @@ def tiny_run(tmp_path_factory, tiny_teachers, tiny_csv) -> Path:
     from distill.cli import app
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    res = CliRunner().invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd"))
+    res = CliRunner().invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd",
+                                                teacher_store=out.parent / ".teacher-store"))
     assert res.exit_code == 0, res.output
     return out

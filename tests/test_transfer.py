@@ -2,6 +2,7 @@
 duplicate check and a tiny `distill run` with ``--unlabeled`` and ``--unlabeled-from-train``."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,7 +108,7 @@ def test_run_with_a_transfer_set(tmp_path, tiny_teachers, tiny_csv):
     assert "Transfer set:" in (out / "report.md").read_text()
     from safetensors import safe_open
 
-    cache = next((out.parent / ".teacher-store").rglob(f"outputs-{r['cache']['file'].split('-', 1)[1]}"))
+    cache = next(Path(r["teacher_store"]).rglob(f"outputs-{r['cache']['file'].split('-', 1)[1]}"))
     with safe_open(str(cache), "pt") as fh:
         assert fh.get_slice("t0.train.logits").get_shape()[0] == 60 + tr["texts"]
 
