@@ -164,7 +164,8 @@ class RequestGuard:
       ``drain_bytes``, so that the client reads the answer instead of a reset connection); the
       body is never parsed.
     * A chunked body is counted as it arrives; past ``max_bytes`` the endpoint gets a 413 error.
-    * An invalid ``Content-Length`` gets 400.
+    * An invalid ``Content-Length`` gets 400; so does a ``multipart/*`` body without a boundary (it made
+      BentoML's form parser fail with a 500).
 
     Args:
         app: the wrapped ASGI app.
@@ -187,6 +188,10 @@ class RequestGuard:
             return await _send_json(send, 200, inst.describe())
         length = None
         for k, v in scope.get("headers", ()):
+            if k == b"content-type" and v.lower().startswith(b"multipart/") and b"boundary=" not in v.lower():
+                # starlette's form parser raises on it inside BentoML, which answered 500
+                return await _send_json(send, 400, {
+                    "error": "multipart body without a boundary; send JSON with Content-Type: application/json"})
             if k == b"content-length":
                 try:
                     length = int(v)

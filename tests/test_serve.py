@@ -248,6 +248,13 @@ def test_bad_body_is_4xx(client, name, body, ctype):
     _still_serving(client)
 
 
+@pytest.mark.parametrize("route", ["/classify", "/metadata"])
+def test_multipart_without_boundary_is_400_not_500(client, route):
+    r = client.post(route, content=b"{}", headers={"content-type": "multipart/form-data"})
+    assert r.status_code == 400 and "without a boundary" in r.text, (r.status_code, r.text)
+    _still_serving(client)
+
+
 def test_wrong_method_is_4xx(client):
     assert client.get("/classify").status_code == 405
     _still_serving(client)
