@@ -72,6 +72,7 @@ from typing import Annotated, Any
 import bentoml
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
+from .openapi import openapi_send
 from .runtime import TextClassifierRuntime, default_threads, parity_problem, resolve_export_dir
 
 logger = logging.getLogger("distill.serve")
@@ -181,6 +182,11 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
+        if scope.get("method") == "GET" and scope.get("path", "") == "/docs.json":
+            return await self.app(scope, receive, openapi_send(send))  # the spec says what we answer
+        if scope.get("path", "").rstrip("/") == "/metadata" and scope.get("method") not in ("GET", "POST"):
+            return await _send_json(send, 405, {"error": "use GET or POST on /metadata"},
+                                    [(b"allow", b"GET, POST")])
         if scope.get("method") == "GET" and scope.get("path", "").rstrip("/") == "/metadata":
             inst = _INSTANCE[0] if _INSTANCE else None
             if inst is None:
@@ -226,10 +232,11 @@ class RequestGuard:
         return await self.app(scope, counting_receive, send)
 
 
-async def _send_json(send, status: int, obj: Any) -> None:
+async def _send_json(send, status: int, obj: Any, headers: list | None = None) -> None:
     body = json.dumps(obj).encode()
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                + list(headers or [])})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -246,6 +253,7 @@ Text = Annotated[
     str,
     StringConstraints(strict=True, min_length=1, max_length=MAX_TEXT_CHARS),
     AfterValidator(_not_blank),
+    Field(json_schema_extra={"pattern": r"\S"}),  # the spec says what _not_blank enforces (a non-space)
 ]
 Texts = Annotated[
     list[Text],

@@ -439,3 +439,23 @@ def test_runtime_imports_without_torch_transformers_distill(tmp_path):
                          cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_schemathesis_all_checks_find_nothing(tiny_export, tmp_path):
+    """The OpenAPI document and the answers agree and nothing gets a 5xx (a short run; the campaign's
+    figure comes from ``python -m benchmarks.fuzz_service EXPORT --max-examples 1000``)."""
+    pytest.importorskip("schemathesis")
+    from benchmarks.fuzz_service import fuzz
+
+    r = fuzz(tiny_export, max_examples=25, seed=1, log_path=tmp_path / "server.log")
+    assert r["returncode"] == 0 and r["failures"] == 0, r["output"][-4000:]
+    assert r["generated"] >= 50 and r["server_5xx"] == 0, r
+
+
+def test_openapi_lists_get_metadata_and_the_list_detail_of_a_400(client):
+    spec = client.get("/docs.json").json()
+    assert "get" in spec["paths"]["/metadata"] and "413" in spec["paths"]["/classify"]["post"]["responses"]
+    detail = spec["components"]["schemas"]["InvalidArgument"]["properties"]["detail"]
+    assert {"type": "array", "items": {"type": "object"}} in detail["anyOf"]
+    r = client.options("/metadata")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
