@@ -78,6 +78,30 @@ from .runtime import TextClassifierRuntime, default_threads, parity_problem, res
 logger = logging.getLogger("distill.serve")
 
 
+class ClientErrorLogFilter(logging.Filter):
+    """Turn BentoML's "Exception on /classify [POST]" ERROR with a traceback into one INFO line when the
+    exception is the client's fault (a pydantic validation error, or a BentoML error with a 4xx code):
+    a rejected request is not a server error, and 25 lines per bad request drown real ones.
+    Exceptions of the service itself (5xx) keep their ERROR and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        from pydantic import ValidationError
+
+        code = getattr(getattr(exc, "error_code", None), "value", None)
+        if isinstance(exc, ValidationError) or (isinstance(code, int) and 400 <= code < 500):
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            record.msg = f"{record.getMessage()}: rejected ({code or 400}): {first}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
+
+
 
 def _env_num(name: str, default: float, lo: float, cast=int):
     raw = os.environ.get(name, "").strip()

@@ -9,6 +9,7 @@ import inspect
 import json
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -459,3 +460,12 @@ def test_openapi_lists_get_metadata_and_the_list_detail_of_a_400(client):
     assert {"type": "array", "items": {"type": "object"}} in detail["anyOf"]
     r = client.options("/metadata")
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+
+
+def test_a_rejected_request_is_one_log_line_not_an_error_traceback(client, server):
+    r = client.post("/classify", json={"texts": []})
+    assert r.status_code == 400
+    time.sleep(0.5)
+    log = server.log_tail(10**7)
+    assert "rejected (400): 1 validation error for Input" in log
+    assert "[ERROR]" not in log and "Traceback" not in log
