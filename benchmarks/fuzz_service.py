@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -40,7 +41,8 @@ def fuzz(export_dir: str | Path, max_examples: int = 1000, seed: int | None = No
     with Server(export_dir, ready_timeout_s=120, log_path=log_path) as srv:
         cmd = [exe, "run", f"{srv.url}/docs.json", "--checks", "all", "--max-examples", str(max_examples),
                "--no-color"] + (["--seed", str(seed)] if seed is not None else [])
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        with tempfile.TemporaryDirectory() as scratch:  # schemathesis writes .schemathesis/ in its cwd
+            res = subprocess.run(cmd, capture_output=True, text=True, cwd=scratch)
         log = srv.log_tail(10**8)
     out = res.stdout + res.stderr
     m = re.search(r"(\d+) generated, (\d+) (?:passed|found)", out)

@@ -4,7 +4,8 @@ really answers, so that a schema-driven client or fuzzer (schemathesis) finds no
 * a 400 body's ``detail`` is a string *or* a list of pydantic errors (BentoML declares only a string but
   returns the list for a validation error);
 * ``GET /metadata`` exists (answered by :class:`serve.service.RequestGuard`) beside ``POST /metadata``;
-* the 413 (body over the limit) and 503 (load shedding) answers are declared on the service APIs.
+* the 413 (body over the limit) and 503 (load shedding) answers are declared on the service APIs;
+* ``POST /classify`` requires its body (a request without one is answered 400).
 
 :func:`patch_openapi` edits the document; :func:`openapi_send` wraps an ASGI ``send`` to apply it.
 """
@@ -33,6 +34,8 @@ def patch_openapi(spec: dict) -> dict:
         post = spec.get("paths", {}).get(route, {}).get("post")
         if post is None:
             continue
+        if route == "/classify" and "requestBody" in post:
+            post["requestBody"]["required"] = True
         for code, text in EXTRA_RESPONSES.items():
             post["responses"].setdefault(code, {"description": text,
                                                 "content": {"application/json": {"schema": ERROR_SCHEMA}}})

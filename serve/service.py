@@ -61,7 +61,6 @@ Settings (environment variables, read when the module is imported; defaults in b
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -72,34 +71,13 @@ from typing import Annotated, Any
 import bentoml
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
+from .bentoml_patches import cap_batcher_wait, quiet_client_errors
 from .openapi import openapi_send
 from .runtime import TextClassifierRuntime, default_threads, parity_problem, resolve_export_dir
 
 logger = logging.getLogger("distill.serve")
 
 
-class ClientErrorLogFilter(logging.Filter):
-    """Turn BentoML's "Exception on /classify [POST]" ERROR with a traceback into one INFO line when the
-    exception is the client's fault (a pydantic validation error, or a BentoML error with a 4xx code):
-    a rejected request is not a server error, and 25 lines per bad request drown real ones.
-    Exceptions of the service itself (5xx) keep their ERROR and traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if exc is None:
-            return True
-        from pydantic import ValidationError
-
-        code = getattr(getattr(exc, "error_code", None), "value", None)
-        if isinstance(exc, ValidationError) or (isinstance(code, int) and 400 <= code < 500):
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            record.msg = f"{record.getMessage()}: rejected ({code or 400}): {first}"
-            record.args, record.exc_info, record.exc_text = (), None, None
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())
 
 
 
@@ -129,54 +107,9 @@ WORKERS: int = _env_num("DISTILL_WORKERS", 1, 1)
 REQUEST_TIMEOUT_S: float = _env_num("DISTILL_REQUEST_TIMEOUT_S", 30.0, 0.1, float)
 
 
-# --------------------------------------------------------------------------------------------
-# Batcher fix
-# --------------------------------------------------------------------------------------------
-def cap_batcher_wait(max_wait_ms: float) -> bool:
-    """Cap the hold time that BentoML's adaptive batcher learns, at ``max_wait_ms`` (ms).
-
-    Cause of the "slow after a burst" problem: BentoML 1.4's ``CorkDispatcher`` holds an incoming
-    request while ``n * (age_of_newest + 1 ms + o_a) <= 0.95 * optimizer.wait``, where
-    ``optimizer.wait`` is the *mean queueing time of the last 50 batches* (refreshed at most every
-    5 s). During a burst the queueing time is the time spent behind the busy model (tens of ms), so
-    ``wait`` grows to that; afterwards every lone request is held ~0.95 x ``wait`` before it runs,
-    and that hold is itself logged as its queueing time, so ``wait`` feeds itself and decays only
-    ~5 % per refresh: single requests stayed at 30-44 ms instead of ~7 ms for minutes (measured
-    again with ``benchmarks/serve_latency.py``: single p50 12.6 ms before a 16-client burst, 68 ms
-    after; with the cap 11.3 ms before, 5.8 ms after, on 2 busy CPU cores).
-    ``max_latency_ms`` does not bound this hold (it only sheds requests with 503).
-
-    The fix clamps ``optimizer.wait`` after every refresh. With 0 (the default) the batcher is
-    greedy: an idle model takes a request at once, and concurrent requests that queue while the
-    model is busy are merged into the next call (up to ``max_batch_size``), which is where CPU
-    batching pays off anyway.
-
-    Returns:
-        True when the patch is in place, False when this BentoML has no such optimizer (logged).
-    """
-    try:
-        from bentoml._internal.marshal.dispatcher import Optimizer
-    except ImportError:  # pragma: no cover - other BentoML versions
-        logger.warning("bentoml has no marshal.dispatcher.Optimizer; batcher wait not capped")
-        return False
-    if not hasattr(Optimizer, "trigger_refresh"):  # pragma: no cover
-        logger.warning("bentoml Optimizer has no trigger_refresh; batcher wait not capped")
-        return False
-    original = getattr(Optimizer.trigger_refresh, "__distill_original__", Optimizer.trigger_refresh)
-    cap_s = max(0.0, float(max_wait_ms)) / 1000.0
-
-    @functools.wraps(original)
-    def trigger_refresh(self) -> None:
-        original(self)
-        self.wait = min(float(getattr(self, "wait", 0.0)), cap_s)
-
-    trigger_refresh.__distill_original__ = original  # type: ignore[attr-defined]
-    Optimizer.trigger_refresh = trigger_refresh
-    return True
-
-
 if BATCH_WAIT_MS is not None:
     cap_batcher_wait(BATCH_WAIT_MS)
+quiet_client_errors()
 
 
 # --------------------------------------------------------------------------------------------

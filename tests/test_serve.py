@@ -330,6 +330,21 @@ def test_batcher_wait_is_capped_after_a_burst():
     assert opt.wait <= (svc.BATCH_WAIT_MS or 0.0) / 1000.0 + 1e-12
 
 
+def test_bentoml_internals_we_patch_exist():
+    """Fails loudly when a BentoML release moves what serve/bentoml_patches.py patches."""
+    import inspect as _inspect
+
+    from bentoml._internal.marshal.dispatcher import Optimizer
+    from bentoml._internal.server import http_app
+
+    from serve import bentoml_patches
+
+    assert callable(Optimizer.trigger_refresh) and "wait" in _inspect.getsource(Optimizer)
+    assert http_app.logger.name == bentoml_patches.HTTP_APP_LOGGER
+    assert "logger.error" in _inspect.getsource(http_app.log_exception)
+    assert bentoml_patches.quiet_client_errors()
+
+
 # ------------------------------------------------------------------------------------------------
 # the bento
 # ------------------------------------------------------------------------------------------------
