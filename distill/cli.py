@@ -264,19 +264,19 @@ def serve(
     """Serve RUN_DIR's exported student with BentoML (`bentoml serve serve.service:NewsClassifier`).
 
     Refuses an export whose manifest records a missed parity target unless --allow-failed-parity."""
-    import json as _json
     import logging
 
-    from serve.runtime import parity_problem
+    from serve.runtime import check_export, parity_problem
 
-    exp = run_dir / "export" if (run_dir / "export" / "manifest.json").is_file() else run_dir
+    exp = run_dir / "export" if (run_dir / "export").is_dir() else run_dir
     mf = exp / "manifest.json"
-    if not mf.is_file():
+    if not exp.is_dir() or not any(exp.glob("*.onnx")) and not mf.is_file():
         _fail(DistillError(f"{run_dir}: no export found (manifest.json). Run `distill export {run_dir}` first."))
-    try:
-        problem = parity_problem(_json.loads(mf.read_text()))
-    except ValueError as e:
-        _fail(DistillError(f"{mf}: not valid JSON ({e}); export again with `distill export`."))
+    try:  # the worker would fail the same way, with a traceback in the server log
+        manifest = check_export(exp, model)[0]
+    except (FileNotFoundError, ValueError) as e:
+        _fail(DistillError(str(e).replace("RUN_DIR", str(run_dir))))
+    problem = parity_problem(manifest)
     if problem and not allow_failed_parity:
         _fail(DistillError(f"{mf}: the export missed its parity targets: {problem}. Re-export it (e.g. "
                            f"`distill export {run_dir} --int8 static`) or pass --allow-failed-parity to serve it anyway "

@@ -152,6 +152,47 @@ def parity_problem(manifest: dict) -> str | None:
     return "; ".join(str(f) for f in failures)
 
 
+def check_export(export_dir: str | Path, model: str = "int8", verify: bool = True) -> tuple[dict, dict, Path, Path]:
+    """Check an export folder before loading it: the manifest parses, it lists ``model``, the model file
+    and the tokenizer file exist, and (``verify``) the model file's sha256 is the manifest's.
+
+    Returns:
+        ``(manifest, model info, model path, tokenizer path)``.
+
+    Raises:
+        FileNotFoundError: no manifest (a half-written or wrong folder), a missing model or tokenizer file.
+        ValueError: a manifest that does not parse, an unknown model kind, a sha256 mismatch. Every
+            message names the file and ends with the fix (export again).
+    """
+    export_dir = Path(export_dir)
+    fix = "Export again with `distill export RUN_DIR`."
+    mf = export_dir / "manifest.json"
+    if not mf.is_file():
+        raise FileNotFoundError(f"{mf}: missing; the folder is not a finished export. {fix}")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{mf}: damaged, not valid JSON ({e}). {fix}") from None
+    if model not in MODEL_KINDS:
+        raise ValueError(f"DISTILL_MODEL must be one of {MODEL_KINDS}, not {model!r}")
+    models = manifest.get("models", {})
+    if model not in models:
+        raise FileNotFoundError(f"{export_dir}: the export has no {model} model (has: {', '.join(models) or 'none'})")
+    info = dict(models[model])
+    path = export_dir / info["file"]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file missing. {fix}")
+    if verify and info.get("sha256"):
+        got = sha256_file(path)
+        if got != info["sha256"]:
+            raise ValueError(f"{path}: sha256 {got} does not match the manifest ({info['sha256']}); the file was "
+                             f"cut short or altered after the export. {fix}")
+    tok_path = export_dir / manifest.get("tokenizer", {}).get("file", "tokenizer.json")
+    if not tok_path.is_file():
+        raise FileNotFoundError(f"{tok_path}: tokenizer file missing. {fix}")
+    return manifest, info, path, tok_path
+
+
 class TextClassifierRuntime:
     """An export folder loaded for inference: ONNX Runtime session + fast tokenizer.
 
@@ -173,30 +214,11 @@ class TextClassifierRuntime:
         from tokenizers import Tokenizer
 
         self.export_dir = Path(export_dir)
-        self.manifest = json.loads((self.export_dir / "manifest.json").read_text())
-        if model not in MODEL_KINDS:
-            raise ValueError(f"DISTILL_MODEL must be one of {MODEL_KINDS}, not {model!r}")
-        models = self.manifest.get("models", {})
-        if model not in models:
-            raise FileNotFoundError(f"{self.export_dir}: the export has no {model} model "
-                                    f"(has: {', '.join(models) or 'none'})")
+        self.manifest, self.model_info, self.model_path, tok_path = check_export(self.export_dir, model, verify)
         self.model_kind = model
-        self.model_info = dict(models[model])
-        self.model_path = self.export_dir / self.model_info["file"]
-        if not self.model_path.is_file():
-            raise FileNotFoundError(f"{self.model_path}: model file missing")
-        if verify and self.model_info.get("sha256"):
-            got = sha256_file(self.model_path)
-            if got != self.model_info["sha256"]:
-                raise ValueError(f"{self.model_path}: sha256 {got} does not match the manifest "
-                                 f"({self.model_info['sha256']}); the export is corrupt or was edited")
         self.labels: list[str] = list(self.manifest["label_names"])
         self.max_length = int(self.manifest["max_length"])
-
         tok_info = self.manifest.get("tokenizer", {})
-        tok_path = self.export_dir / tok_info.get("file", "tokenizer.json")
-        if not tok_path.is_file():
-            raise FileNotFoundError(f"{tok_path}: tokenizer file missing")
         self.tokenizer = Tokenizer.from_file(str(tok_path))
         self.pad_id = int(tok_info.get("pad_id", 0))
         self.tokenizer.enable_truncation(max_length=self.max_length)

@@ -484,3 +484,33 @@ def test_a_rejected_request_is_one_log_line_not_an_error_traceback(client, serve
     log = server.log_tail(10**7)
     assert "rejected (400): 1 validation error for Input" in log
     assert "[ERROR]" not in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("damage, needle", [
+    ("alter", "sha256"), ("truncate", "sha256"), ("no-manifest", "manifest.json: missing; the folder is not a finished export"),
+    ("no-tokenizer", "tokenizer.json: tokenizer file missing"), ("garbled-manifest", "manifest.json: damaged, not valid JSON"),
+])
+def test_distill_serve_refuses_a_damaged_export_naming_the_file_and_the_fix(tiny_export, tmp_path, damage, needle):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+
+    exp = tmp_path / "export"
+    shutil.copytree(tiny_export, exp)
+    model = exp / json.loads((exp / "manifest.json").read_text())["models"]["int8"]["file"]
+    if damage == "alter":
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        model.write_bytes(bytes(data))
+    elif damage == "truncate":
+        model.write_bytes(model.read_bytes()[:1000])
+    elif damage == "no-manifest":
+        (exp / "manifest.json").unlink()
+    elif damage == "no-tokenizer":
+        (exp / "tokenizer.json").unlink()
+    else:
+        (exp / "manifest.json").write_text("{")
+    res = CliRunner().invoke(app, ["serve", str(exp), "--port", "1"])
+    msg = " ".join(res.output.split())
+    assert res.exit_code == 2 and needle in msg and "distill export" in msg, res.output
+    assert "Traceback" not in res.output
