@@ -64,6 +64,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -200,8 +201,14 @@ async def _send_json(send, status: int, obj: Any, headers: list | None = None) -
 # --------------------------------------------------------------------------------------------
 # I/O schemas
 # --------------------------------------------------------------------------------------------
+#: a character that is not white space in JSON Schema's (ECMA-262) sense: the OpenAPI document states the
+#: rule with this pattern and the service enforces the same one (Python's str.strip() also strips
+#: U+0085 and U+001C-U+001F, which a schema-driven client may send as a "non-blank" text)
+NON_BLANK = "[^\t\n\v\f\r \u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff]"
+
+
 def _not_blank(text: str) -> str:
-    if not text.strip():
+    if not re.search(NON_BLANK, text):
         raise ValueError("text is blank (whitespace only)")
     return text
 
@@ -210,7 +217,7 @@ Text = Annotated[
     str,
     StringConstraints(strict=True, min_length=1, max_length=MAX_TEXT_CHARS),
     AfterValidator(_not_blank),
-    Field(json_schema_extra={"pattern": r"\S"}),  # the spec says what _not_blank enforces (a non-space)
+    Field(json_schema_extra={"pattern": NON_BLANK}),  # the spec says what _not_blank enforces
 ]
 Texts = Annotated[
     list[Text],
