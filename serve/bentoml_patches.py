@@ -13,6 +13,23 @@ import logging
 
 logger = logging.getLogger("distill.serve")
 
+def _internal(module: str, name: str, attr: str, consequence: str):
+    """``module.name`` of BentoML's internals when it has ``attr``, else None (a warning says ``consequence``)."""
+    import importlib
+
+    try:  # a submodule (http_app) or a class of the module (Optimizer)
+        obj = importlib.import_module(f"{module}.{name}")
+    except ImportError:
+        try:
+            obj = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            obj = None
+    if obj is None or not hasattr(obj, attr):
+        logger.warning("bentoml has no %s.%s.%s; %s", module, name, attr, consequence)
+        return None
+    return obj
+
+
 #: the BentoML logger that writes "Exception on /route [POST]" with a traceback for every failed request
 HTTP_APP_LOGGER = "bentoml._internal.server.http_app"
 
@@ -39,13 +56,9 @@ def cap_batcher_wait(max_wait_ms: float) -> bool:
     Returns:
         True when the patch is in place, False when this BentoML has no such optimizer (logged).
     """
-    try:
-        from bentoml._internal.marshal.dispatcher import Optimizer
-    except ImportError:  # pragma: no cover - other BentoML versions
-        logger.warning("bentoml has no marshal.dispatcher.Optimizer; batcher wait not capped")
-        return False
-    if not hasattr(Optimizer, "trigger_refresh"):  # pragma: no cover
-        logger.warning("bentoml Optimizer has no trigger_refresh; batcher wait not capped")
+    Optimizer = _internal("bentoml._internal.marshal.dispatcher", "Optimizer", "trigger_refresh",
+                          "batcher wait not capped")
+    if Optimizer is None:  # pragma: no cover - other BentoML versions
         return False
     original = getattr(Optimizer.trigger_refresh, "__distill_original__", Optimizer.trigger_refresh)
     cap_s = max(0.0, float(max_wait_ms)) / 1000.0
@@ -87,13 +100,8 @@ def quiet_client_errors() -> bool:
     Returns:
         True when BentoML still logs through that logger (``http_app.log_exception`` exists), else False (logged).
     """
-    try:
-        from bentoml._internal.server import http_app
-    except ImportError:  # pragma: no cover - other BentoML versions
-        logger.warning("bentoml has no _internal.server.http_app; 4xx requests keep their tracebacks in the log")
-        return False
-    if not hasattr(http_app, "log_exception"):  # pragma: no cover
-        logger.warning("bentoml http_app has no log_exception; 4xx requests keep their tracebacks in the log")
+    if _internal("bentoml._internal.server", "http_app", "log_exception",
+                 "4xx requests keep their tracebacks in the log") is None:  # pragma: no cover
         return False
     lg = logging.getLogger(HTTP_APP_LOGGER)
     if not any(isinstance(f, ClientErrorLogFilter) for f in lg.filters):
