@@ -152,8 +152,22 @@ class Job:
         return [sys.executable, "-m", "distill.cli", "export", str(run_dir), "--out", str(out), "--allow-drift"]
 
     def start(self, cmd: list[str], log: Path) -> subprocess.Popen:
-        fh = log.open("ab")
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self.env)
+        with log.open("ab") as fh:  # the child keeps its own descriptor
+            return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=self.env)
+
+    def finish(self, cmd: list[str], log: Path) -> int:
+        """Run ``cmd`` to its end (a resume, an export run again); its exit status."""
+        return self.start(cmd, log).wait()
+
+
+def kill_after(proc: subprocess.Popen, delay_s: float) -> bool:
+    """Sleep ``delay_s`` then SIGKILL ``proc`` if it still runs; True when the signal was sent."""
+    time.sleep(delay_s)
+    sent = proc.poll() is None
+    if sent:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return sent
 
 
 def timeline(job: Job, phases: list[Phase], out: Path, store: Path) -> tuple[dict[str, float], float]:
@@ -187,20 +201,14 @@ def kill_run(job: Job, phases: list[Phase], durations: dict[str, float], k: Kill
     while i > 0 and not phases[i - 1].ended(out) and proc.poll() is None:
         time.sleep(POLL_S)  # the phase before the target has ended: the target phase is under way
     k.delay_s = rng.uniform(0, durations[k.target])
-    time.sleep(k.delay_s)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        k.killed = True
-    else:
-        proc.wait()
+    k.killed = kill_after(proc, k.delay_s)
     k.phase = next((p.name for p in phases if not p.ended(out)), "finished")
     k.killed = k.killed and k.phase != "finished"  # the signal came after the last phase: nothing was cut
 
 
 def finish_run(job: Job, out: Path, store: Path) -> bool:
-    proc = job.start(job.run_cmd(out, store, resume=True), out.parent / f"{out.name}.out")
-    return proc.wait() == 0 and (out / "report.json").is_file()
+    rc = job.finish(job.run_cmd(out, store, resume=True), out.parent / f"{out.name}.out")
+    return rc == 0 and (out / "report.json").is_file()
 
 
 def campaign(args: argparse.Namespace) -> int:
@@ -261,14 +269,9 @@ def campaign(args: argparse.Namespace) -> int:
             shutil.copytree(ref_run, run_dir, ignore=shutil.ignore_patterns("export"))
             proc = job.start(job.export_cmd(run_dir, trial / "export"), trial / "export.out")
             k.delay_s = rng.uniform(0, durations["export"])
-            time.sleep(k.delay_s)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                k.killed = True
-            proc.wait()
+            k.killed = kill_after(proc, k.delay_s)
             k.phase = "export" if k.killed else "finished"
-            rc = subprocess.run(job.export_cmd(run_dir, trial / "export"), env=env,
-                                stdout=(trial / "export.out").open("ab"), stderr=subprocess.STDOUT).returncode
+            rc = job.finish(job.export_cmd(run_dir, trial / "export"), trial / "export.out")
             k.resumed = rc == 0 and (trial / "export" / "manifest.json").is_file()
             if k.resumed:
                 got = export_metrics_of(json.loads((trial / "export" / "manifest.json").read_text()))

@@ -270,7 +270,8 @@ def serve(
 
     exp = run_dir / "export" if (run_dir / "export").is_dir() else run_dir
     mf = exp / "manifest.json"
-    if not exp.is_dir() or not any(exp.glob("*.onnx")) and not mf.is_file():
+    looks_exported = exp.is_dir() and (mf.is_file() or any(exp.glob("*.onnx")))  # else: half-written, see below
+    if not looks_exported:
         _fail(DistillError(f"{run_dir}: no export found (manifest.json). Run `distill export {run_dir}` first."))
     try:  # the worker would fail the same way, with a traceback in the server log
         manifest = check_export(exp, model)[0]

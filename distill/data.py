@@ -68,14 +68,15 @@ def _finish(ids, texts, raw_labels, source, label_names=None, where=None) -> Tex
     every label -1 and no label names)."""
     if not texts:
         raise DistillError(f"{source}: no rows were read. Check the path and the file format.")
-    empty = [(where[i] if where else f"row {i + 1}") + f" (id {ids[i]!r})"
-             for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    def loc(i: int) -> str:
+        return where[i] if where else f"row {i + 1}"
+
+    empty = [f"{loc(i)} (id {ids[i]!r})" for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
     if empty:
         raise _bad_rows(source, "with an empty text", empty,
                         "Remove those rows or choose other text columns with --text-col.")
     seen: dict[str, int] = {}
-    dup = [f"{(where[i] if where else f'row {i + 1}')} (id {x!r}, first at "
-           f"{where[seen[x]] if where else f'row {seen[x] + 1}'})" for i, x in enumerate(ids) if seen.setdefault(x, i) != i]
+    dup = [f"{loc(i)} (id {x!r}, first at {loc(seen[x])})" for i, x in enumerate(ids) if seen.setdefault(x, i) != i]
     if dup:
         raise _bad_rows(source, "with an id used before", dup, "Ids must be unique: fix the id column, choose "
                         "another with --id-col, or leave --id-col out to number the rows.")
@@ -85,8 +86,7 @@ def _finish(ids, texts, raw_labels, source, label_names=None, where=None) -> Tex
     if label_names is None:
         label_names = sorted({str(x) for x in raw_labels})
     index = {n: i for i, n in enumerate(label_names)}
-    unknown = [(where[i] if where else f"row {i + 1}") + f" ({str(lab)!r})"
-               for i, lab in enumerate(raw_labels) if str(lab) not in index]
+    unknown = [f"{loc(i)} ({str(lab)!r})" for i, lab in enumerate(raw_labels) if str(lab) not in index]
     if unknown:
         raise _bad_rows(source, "with an unknown label", unknown, f"Expected one of {label_names}.")
     labels = [index[str(lab)] for lab in raw_labels]
@@ -221,9 +221,9 @@ def load_table(
         label_required: False reads the texts only (labels -1) when the file has no ``label_col``.
         encoding: the file's text encoding (``--encoding``).
 
-    A CSV/TSV whose columns are all addressed by index is checked for a header with
-    :class:`csv.Sniffer`: when its first row looks like data it is kept as data, and the log says so
-    (a row is never dropped silently).
+    A CSV/TSV whose columns are all addressed by index is checked for a header (:func:`_looks_like_header`):
+    when its first row looks like data it is kept as data, and the log says so (a row is never dropped
+    silently).
 
     Raises:
         DistillError: missing file, bytes not valid in ``encoding``, unknown column, rows with another

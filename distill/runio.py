@@ -76,11 +76,11 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    mask = _umask()
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700
     try:
         yield tmp
-        mask = _umask()  # some writers (safetensors) create 0600 files: the folder's files follow the umask
-        for p in tmp.rglob("*"):
+        for p in tmp.rglob("*"):  # some writers (safetensors) create 0600 files: they follow the umask too
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -79,9 +79,6 @@ from .runtime import TextClassifierRuntime, default_threads, parity_problem, res
 logger = logging.getLogger("distill.serve")
 
 
-
-
-
 def _env_num(name: str, default: float, lo: float, cast=int):
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -140,12 +137,13 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
-        if scope.get("method") == "GET" and scope.get("path", "") == "/docs.json":
+        method, path = scope.get("method"), scope.get("path", "").rstrip("/")
+        if method == "GET" and path == "/docs.json":
             return await self.app(scope, receive, openapi_send(send))  # the spec says what we answer
-        if scope.get("path", "").rstrip("/") == "/metadata" and scope.get("method") not in ("GET", "POST"):
+        if path == "/metadata" and method not in ("GET", "POST"):
             return await _send_json(send, 405, {"error": "use GET or POST on /metadata"},
                                     [(b"allow", b"GET, POST")])
-        if scope.get("method") == "GET" and scope.get("path", "").rstrip("/") == "/metadata":
+        if method == "GET" and path == "/metadata":
             inst = _INSTANCE[0] if _INSTANCE else None
             if inst is None:
                 return await _send_json(send, 503, {"error": "model not loaded yet"})
