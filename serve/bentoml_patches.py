@@ -1,5 +1,7 @@
-"""Changes to BentoML 1.4 internals, each behind a check of what it patches (a test fails loudly when a
-BentoML release moves them, see ``tests/test_serve.py::test_bentoml_internals_we_patch_exist``):
+"""Changes to BentoML 1.4 internals, each behind a version check (:data:`TESTED_BENTOML`) and a check of
+what it patches (a test fails loudly when a BentoML release moves them, see
+``tests/test_serve.py::test_bentoml_internals_we_patch_exist``); on another BentoML the patch is skipped
+with a warning, and the service runs unpatched:
 
 * :func:`cap_batcher_wait`: caps the adaptive batcher's learned hold time (``marshal.dispatcher.Optimizer``);
 * :func:`quiet_client_errors`: a rejected request (4xx) is one INFO line instead of an ERROR with a
@@ -13,10 +15,27 @@ import logging
 
 logger = logging.getLogger("distill.serve")
 
+#: the BentoML releases (major, minor) whose internals these patches were written and tested against
+TESTED_BENTOML = (1, 4)
+
+
+def bentoml_version() -> tuple[int, int]:
+    """The installed BentoML's (major, minor) version."""
+    import bentoml
+
+    major, minor = (bentoml.__version__.split(".") + ["0"])[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
 def _internal(module: str, name: str, attr: str, consequence: str):
-    """``module.name`` of BentoML's internals when it has ``attr``, else None (a warning says ``consequence``)."""
+    """``module.name`` of BentoML's internals when BentoML is the tested release and the object has
+    ``attr``, else None (a warning says ``consequence``)."""
     import importlib
 
+    if bentoml_version() != TESTED_BENTOML:
+        logger.warning("bentoml %s.%s is not the tested %s.%s; %s", *bentoml_version(), *TESTED_BENTOML,
+                       consequence)
+        return None
     try:  # a submodule (http_app) or a class of the module (Optimizer)
         obj = importlib.import_module(f"{module}.{name}")
     except ImportError:

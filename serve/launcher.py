@@ -37,7 +37,8 @@ class Server:
         env: extra environment variables (``DISTILL_*`` settings).
         port: port (default: a free one). The host is always 127.0.0.1.
         ready_timeout_s: most seconds to wait for ``GET /readyz`` to answer 200.
-        log_path: file for the server's stdout/stderr (default: a temp file).
+        log_path: file for the server's stdout/stderr (default: a temp file, removed by :meth:`stop`;
+            a start-up failure puts the log's tail in the error first).
         cwd: working directory of the server (default: the repo root).
         host: ``--host`` for ``bentoml serve``; None leaves it to the service config (127.0.0.1).
             The URL used is always ``http://127.0.0.1:PORT``.
@@ -59,7 +60,13 @@ class Server:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ready_timeout_s = ready_timeout_s
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="distill-serve-", suffix=".log")[1])
+        self._own_log = not log_path
+        if log_path:
+            self.log_path = Path(log_path)
+        else:
+            fd, name = tempfile.mkstemp(prefix="distill-serve-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
         self.cwd = Path(cwd) if cwd else ROOT
         self.host = host
         self.add_repo_to_path = add_repo_to_path
@@ -87,8 +94,9 @@ class Server:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                tail = self.log_tail()
                 self.stop()
-                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"bentoml serve exited with {self.proc.returncode}:\n{tail}")
             try:
                 with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
                     if r.status == 200:
@@ -96,8 +104,9 @@ class Server:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(0.25)
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"server not ready after {self.ready_timeout_s:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"server not ready after {self.ready_timeout_s:.0f} s:\n{tail}")
 
     def log_tail(self, n: int = 4000) -> str:
         """The last ``n`` characters of the server log."""
@@ -111,7 +120,15 @@ class Server:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stop the server's process group: SIGTERM, then SIGKILL after ``grace_s`` seconds."""
+        """Stop the server's process group: SIGTERM, then SIGKILL after ``grace_s`` seconds; remove the
+        temp log (one that the caller named is kept)."""
+        try:
+            self._stop(grace_s)
+        finally:
+            if self._own_log:
+                self.log_path.unlink(missing_ok=True)
+
+    def _stop(self, grace_s: float) -> None:
         if self.proc is None:
             return
         try:

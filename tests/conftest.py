@@ -45,3 +45,20 @@ def tiny_run(tmp_path_factory, tiny_teachers, tiny_csv) -> Path:
                                                 teacher_store=out.parent / ".teacher-store"))
     assert res.exit_code == 0, res.output
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run's ONNX export (``export.onnx_export.export_run`` on a copy of the run; its parity
+    verdict on a random tiny model is ignored)."""
+    import shutil
+
+    from export.onnx_export import export_run
+
+    root = tmp_path_factory.mktemp("serve")
+    run = root / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("teachers", ".teacher-store"))
+    out = root / "export"
+    export_run(run, out=out, latency_runs=0, quiet=True)  # False = a parity target missed; fine here
+    assert (out / "manifest.json").is_file()
+    return out

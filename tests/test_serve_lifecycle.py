@@ -1,0 +1,146 @@
+"""The service's settings (pydantic-settings, bad values stop the start-up naming the variable), the
+BentoML version check of its patches, and graceful shutdown: on SIGTERM the requests in flight finish."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("bentoml")
+
+from serve.launcher import Server  # noqa: E402
+from serve.settings import ServeSettings, load_settings  # noqa: E402
+
+
+@pytest.fixture()
+def clean_env(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("DISTILL_"):
+            monkeypatch.delenv(k)
+    return monkeypatch
+
+
+def test_settings_defaults(clean_env):
+    s = load_settings()
+    assert (s.model, s.workers, s.max_batch_size, s.max_latency_ms, s.batch_wait_ms) == ("int8", 1, 32, 2000, 0.0)
+    assert (s.max_texts, s.max_text_chars, s.intra_op_threads) == (64, 10_000, 0)
+    assert s.max_body_bytes == 6 * 64 * 10_000 + 65536
+    assert s.verify_sha256 is True and s.ort_spinning is False and s.export_dir is None
+
+
+def test_settings_from_the_environment(clean_env):
+    for k, v in {"DISTILL_MODEL": " FP32 ", "DISTILL_MAX_TEXTS": "8", "DISTILL_MAX_TEXT_CHARS": "100",
+                 "DISTILL_BATCH_WAIT_MS": "off", "DISTILL_ORT_SPINNING": "yes", "DISTILL_VERIFY_SHA256": "0",
+                 "DISTILL_EXPORT_DIR": "/x/export", "DISTILL_REQUEST_TIMEOUT_S": "2.5"}.items():
+        clean_env.setenv(k, v)
+    s = load_settings()
+    assert (s.model, s.max_texts, s.max_text_chars, s.batch_wait_ms) == ("fp32", 8, 100, None)
+    assert s.max_body_bytes == 6 * 8 * 100 + 65536  # the default follows the limits
+    assert s.ort_spinning is True and s.verify_sha256 is False
+    assert s.export_dir == "/x/export" and s.request_timeout_s == 2.5
+    clean_env.setenv("DISTILL_MAX_BODY_BYTES", "")  # empty = the default
+    clean_env.setenv("DISTILL_BATCH_WAIT_MS", "5")
+    s = load_settings()
+    assert s.max_body_bytes == 6 * 8 * 100 + 65536 and s.batch_wait_ms == 5.0
+
+
+@pytest.mark.parametrize("name, value, needle", [
+    ("DISTILL_MAX_BATCH_SIZE", "1", "greater than or equal to 2"),
+    ("DISTILL_MAX_TEXTS", "0", "greater than or equal to 1"),
+    ("DISTILL_MAX_TEXTS", "many", "valid integer"),
+    ("DISTILL_MODEL", "int4", "'int8', 'fp32' or 'fp16'"),
+    ("DISTILL_BATCH_WAIT_MS", "-1", "greater than or equal to 0"),
+    ("DISTILL_MAX_BODY_BYTES", "10", "greater than or equal to 1024"),
+    ("DISTILL_VERIFY_SHA256", "maybe", "valid boolean"),
+    ("DISTILL_WORKERS", "0", "greater than or equal to 1"),
+])
+def test_a_bad_setting_names_the_variable_and_the_range(clean_env, name, value, needle):
+    clean_env.setenv(name, value)
+    with pytest.raises(ValueError) as e:
+        load_settings()
+    msg = str(e.value)
+    assert f"{name}={value!r}" in msg and needle in msg, msg
+    assert "Traceback" not in msg
+
+
+def test_settings_are_typed_fields():
+    """One declaration per setting (type, default, range): what the docs and the errors come from."""
+    fields = ServeSettings.model_fields
+    assert {"model", "workers", "max_batch_size", "max_latency_ms", "batch_wait_ms", "max_texts",
+            "max_text_chars", "max_body_bytes", "request_timeout_s", "verify_sha256", "ort_spinning",
+            "intra_op_threads", "export_dir"} == set(fields)
+
+
+def test_a_bad_setting_stops_the_server_naming_it(tiny_export):
+    with pytest.raises(RuntimeError) as e:
+        Server(tiny_export, env={"DISTILL_MAX_BATCH_SIZE": "1"}, ready_timeout_s=60).start()
+    assert "DISTILL_MAX_BATCH_SIZE='1'" in str(e.value) and "greater than or equal to 2" in str(e.value)
+
+
+def test_patches_are_skipped_on_an_untested_bentoml(monkeypatch, caplog):
+    """The BentoML patches apply only to the release they were tested on; another one runs unpatched
+    with a warning (and ``test_bentoml_internals_we_patch_exist`` fails loudly)."""
+    import bentoml
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    from serve import bentoml_patches
+
+    assert bentoml_patches.bentoml_version() == bentoml_patches.TESTED_BENTOML
+    before = Optimizer.trigger_refresh
+    monkeypatch.setattr(bentoml, "__version__", "1.5.0")
+    with caplog.at_level(logging.WARNING, logger="distill.serve"):
+        assert bentoml_patches.cap_batcher_wait(0.0) is False
+    assert Optimizer.trigger_refresh is before
+    assert any("not the tested 1.4" in r.getMessage() for r in caplog.records)
+
+
+def test_sigterm_lets_the_requests_in_flight_finish(tiny_export, tmp_path):
+    """What a container runtime does on stop: SIGTERM to the server's main process while 8 clients keep
+    sending. Every request sent before the signal is answered 200 (none is cut off or gets a 5xx), the
+    server exits 0, and afterwards the port refuses connections."""
+    texts = ["Stocks rallied on Wall Street as oil prices fell and investors bet on rate cuts " * 20] * 8
+    srv = Server(tiny_export, env={"DISTILL_INTRA_OP_THREADS": "1", "DISTILL_MAX_TEXTS": "8"},
+                 ready_timeout_s=90, log_path=tmp_path / "server.log").start()
+    results: list[tuple[float, float, int | None, str | None]] = []
+    stop = threading.Event()
+    t_term: list[float] = []
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = c.post(srv.url + "/classify", json={"texts": texts})
+                    results.append((t0, time.monotonic(), r.status_code, None))
+                except httpx.HTTPError as e:
+                    results.append((t0, time.monotonic(), None, type(e).__name__))
+                    if t_term:
+                        return
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        t_term.append(time.monotonic())
+        os.kill(srv.proc.pid, signal.SIGTERM)
+        rc = srv.proc.wait(timeout=60)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        srv.stop()
+    sent_before = [r for r in results if r[0] < t_term[0]]
+    in_flight = [r for r in sent_before if r[1] >= t_term[0]]
+    assert rc == 0, srv.log_tail()
+    assert len(sent_before) > 8 and in_flight, (len(sent_before), len(in_flight))
+    assert all(r[2] == 200 for r in sent_before), [r for r in sent_before if r[2] != 200]
+    assert not any(r[2] is not None and r[2] >= 500 for r in results)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(srv.url + "/livez", timeout=5)
