@@ -4,6 +4,8 @@ what it patches (a test fails loudly when a BentoML release moves them, see
 with a warning, and the service runs unpatched:
 
 * :func:`cap_batcher_wait`: caps the adaptive batcher's learned hold time (``marshal.dispatcher.Optimizer``);
+* :func:`fixed_json_media_type`: states the media type of JSON outputs once, so that BentoML does not
+  rebuild the output's JSON schema for every response;
 * :func:`quiet_client_errors`: a rejected request (4xx) is one INFO line instead of an ERROR with a
   traceback (a filter on ``bentoml._internal.server.http_app``'s logger, which ``log_exception`` uses).
 """
@@ -90,6 +92,28 @@ def cap_batcher_wait(max_wait_ms: float) -> bool:
     trigger_refresh.__distill_original__ = original  # type: ignore[attr-defined]
     Optimizer.trigger_refresh = trigger_refresh
     return True
+
+
+def fixed_json_media_type(service) -> list[str]:
+    """Set ``media_type = "application/json"`` on the output descriptor of every API of ``service`` whose
+    output is JSON (``mime_type()`` says so) and states no media type.
+
+    Cause: BentoML 1.4's ``IOMixin.to_http_response`` calls ``mime_type()`` for every response, and for a
+    root-model output (``list[Prediction]``, ``dict``) that builds the output's whole JSON schema with
+    pydantic each time. Profiled with py-spy under 16 locust users on the AG News TextCNN export, this
+    was 25% of the worker's samples. With the media type stated, ``mime_type()`` returns it at once (the
+    same attribute BentoML sets itself for streaming outputs); the answers are unchanged.
+
+    Returns:
+        The names of the APIs changed.
+    """
+    changed = []
+    for name, api in getattr(service, "apis", {}).items():
+        spec = getattr(api, "output_spec", None)
+        if spec is not None and spec.media_type is None and spec.mime_type() == "application/json":
+            spec.media_type = "application/json"
+            changed.append(name)
+    return changed
 
 
 class ClientErrorLogFilter(logging.Filter):

@@ -43,7 +43,7 @@ import threading
 
 import bentoml
 
-from .bentoml_patches import cap_batcher_wait, quiet_client_errors
+from .bentoml_patches import cap_batcher_wait, fixed_json_media_type, quiet_client_errors
 from .guard import RequestGuard
 from .runtime import TextClassifierRuntime, default_threads, parity_problem, resolve_export_dir
 from .schemas import Prediction, texts_type
@@ -173,6 +173,7 @@ class NewsClassifier:
         }
 
 
+fixed_json_media_type(NewsClassifier)
 NewsClassifier.add_asgi_middleware(
     RequestGuard, max_bytes=SETTINGS.max_body_bytes, metadata=_metadata,
     limit_hint=f"at most {SETTINGS.max_texts} texts of at most {SETTINGS.max_text_chars} characters")

@@ -144,3 +144,18 @@ def test_sigterm_lets_the_requests_in_flight_finish(tiny_export, tmp_path):
     assert not any(r[2] is not None and r[2] >= 500 for r in results)
     with pytest.raises(httpx.ConnectError):
         httpx.get(srv.url + "/livez", timeout=5)
+
+
+def test_json_outputs_state_their_media_type(tiny_export, monkeypatch):
+    """BentoML rebuilds a root-model output's JSON schema in ``mime_type()`` for every response unless the
+    descriptor states its media type; the service states it for both APIs."""
+    import inspect
+
+    from _bentoml_sdk.io_models import IOMixin
+
+    monkeypatch.setenv("DISTILL_EXPORT_DIR", str(tiny_export))
+    from serve.service import NewsClassifier
+
+    assert "cls.mime_type()" in inspect.getsource(IOMixin.to_http_response)  # what the fix short-cuts
+    for name in ("classify", "metadata"):
+        assert NewsClassifier.apis[name].output_spec.media_type == "application/json"
