@@ -20,6 +20,9 @@ Usage (tiny models built from configs, about 25 s per kill on 2 cores)::
     python -m benchmarks.crash_campaign --work /tmp/crash-default --job default --kills 3 --no-export \\
         --reference runs/default --store runs/.teacher-store \\
         --targets student/mtbert/seed13,student/nokd/seed13,report   # the default job, teachers reused
+    python -m benchmarks.crash_campaign --work /tmp/crash-chain --job default --chain --kills 2 \
+        --reference runs/default --durations '{"prepare": 4, "teachers": 500, ...}'
+        # one default run killed in every phase in turn (fresh teacher store), then 2 export kills
 
 Prints one line per kill and a table: kills tried / resumed / identical / clean, per phase. Exit status 1
 when any kill did not resume, differs or left a partial file. Results: ``WORK/campaign.json``.
@@ -211,6 +214,32 @@ def finish_run(job: Job, out: Path, store: Path) -> bool:
     return rc == 0 and (out / "report.json").is_file()
 
 
+def chain_kills(job: Job, phases: list[Phase], durations: dict[str, float], targets: list[str], trial: Path,
+                store: Path | None, rng: random.Random, ref_metrics: dict) -> list[Kill]:
+    """One run killed once in each of ``targets`` in turn (each kill followed by ``--resume``, which the
+    next kill interrupts), then resumed to the end and compared with the reference: every phase of a
+    long job (the default job) hit for the price of one run. The outcome is shared by all its kills."""
+    shutil.rmtree(trial, ignore_errors=True)
+    trial.mkdir(parents=True)
+    out, store = trial / "run", store or trial / "store"
+    kills = []
+    for i, target in enumerate(targets):
+        k = Kill(index=i, target=target)
+        kill_run(job, phases, durations, k, out, store, rng, resume=out.exists())
+        print(f"chain kill {i} target {k.target:22s} hit {k.phase:22s} after {k.delay_s:6.2f} s: "
+              f"{'killed' if k.killed else 'finished first'}", flush=True)
+        kills.append(k)
+    resumed = finish_run(job, out, store)
+    identical = resumed and metrics_of(json.loads((out / "report.json").read_text())) == ref_metrics
+    bad = partial_files(out, store, no_empty=(store,)) if store.parent == trial else partial_files(out)
+    swept = _read(out / "log.txt").count("left by a killed")
+    for k in kills:
+        k.resumed, k.identical, k.clean, k.swept, k.notes = resumed, identical, not bad, swept, bad[:5]
+    print(f"chain of {len(kills)} kills: resumed {resumed}, identical {identical}, clean {not bad}, "
+          f"partials swept {swept}" + (f" ({'; '.join(bad[:5])})" if bad else ""), flush=True)
+    return kills
+
+
 def campaign(args: argparse.Namespace) -> int:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -259,7 +288,11 @@ def campaign(args: argparse.Namespace) -> int:
         ref_export = export_metrics_of(json.loads((ref / "export" / "manifest.json").read_text()))
 
     kills: list[Kill] = []
-    for i in range(args.kills):
+    if args.chain:
+        kills = chain_kills(job, phases, durations, [t for t in targets if t != "export"], work / "chain",
+                            Path(args.store) if args.store else None, rng, ref_metrics)
+        targets = ["export"] if "export" in targets else []
+    for i in range(len(kills), len(kills) + (args.kills if targets else 0)):
         k = Kill(index=i, target=targets[i % len(targets)])
         trial = work / f"kill{i:03d}"
         shutil.rmtree(trial, ignore_errors=True)
@@ -329,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="--threads of the default job")
     ap.add_argument("--no-export", action="store_true", help="kill `distill run` only")
     ap.add_argument("--targets", help="comma-separated phases to aim at (default: every phase, round-robin)")
+    ap.add_argument("--chain", action="store_true",
+                    help="kill one run once in each target phase in turn, resuming in between (see chain_kills); "
+                         "--kills then counts the export kills only")
     ap.add_argument("--keep", action="store_true", help="keep the folders of kills that passed")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     return campaign(ap.parse_args(argv))

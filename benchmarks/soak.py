@@ -8,9 +8,13 @@ followed over time, then the same texts and batch sizes through ONNX Runtime in-
    news text per request (``benchmarks/locustfile.py``), back to back. Texts: the test split of the
    export's source run (``manifest.json`` ``source_run``) or ``--run``.
 3. Stops the server with SIGTERM (graceful: it must exit 0).
-4. In-process: :class:`serve.runtime.TextClassifierRuntime` with the service's intra-op threads runs the
-   same texts in model calls of the same sizes as the service's adaptive batcher made (the sizes
-   reported in the responses' ``batch_size``, replayed in proportion) for ``--inproc-s`` seconds.
+4. In-process: :class:`serve.runtime.TextClassifierRuntime` with as many intra-op threads as the service
+   uses in all (threads x workers) runs the same texts in model calls of the same sizes as the service's
+   adaptive batcher made (the sizes reported in the responses' ``batch_size``, replayed in proportion)
+   for ``--inproc-s`` seconds.
+
+Texts longer than the service's ``max_text_chars`` are left out (they get a 400 by design); their count
+is reported.
 
 Prints and writes (``--out``, JSON): requests, failures, 5xx, p50/p99 latency (ms), throughput (req/s =
 texts/s), RSS at start / after the warm-up / at the end and the growth after warm-up (%), the CPU time
@@ -30,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,81 +147,106 @@ def model_calls(batch_sizes_seen: list[int]) -> list[int]:
     return calls
 
 
+def drive_locust(url: str, users: int, minutes: float, work: Path) -> tuple[dict, float, float]:
+    """Run locust headless against ``url`` (texts from ``work/texts.json``); returns its per-request record
+    (see ``benchmarks/locustfile.py``), the load's duration (s) and locust's CPU time (s)."""
+    import psutil
+
+    record = work / "record.json"
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(users),
+           "--run-time", f"{max(1, int(minutes * 60))}s", "--host", url, "--only-summary", "--stop-timeout", "30",
+           "--csv", str(work / "locust"), "--loglevel", "WARNING"]
+    env = dict(os.environ, SOAK_TEXTS=str(work / "texts.json"), SOAK_RECORD=str(record))
+    t0, cpu = time.monotonic(), 0.0
+    with open(work / "locust.log", "wb") as log:
+        loc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
+        lproc = psutil.Process(loc.pid)
+        while loc.poll() is None:
+            try:
+                t = lproc.cpu_times()
+                cpu = t.user + t.system
+            except psutil.Error:
+                pass
+            time.sleep(1.0)
+    load_s = time.monotonic() - t0
+    if not record.is_file():
+        raise RuntimeError(f"locust exited {loc.returncode} without its record; see {work / 'locust.log'}")
+    return json.loads(record.read_text()), load_s, cpu
+
+
 def run_soak(export_dir: Path, minutes: float, users: int, warmup_s: float, inproc_s: float,
-             env: dict[str, str], run_dir: str | None = None, sample_s: float = 5.0) -> dict:
-    """Run steps 1-4 of the module docstring; returns the result dict (see :func:`print_result`)."""
+             env: dict[str, str], run_dir: str | None = None, sample_s: float = 5.0,
+             work: Path | None = None) -> dict:
+    """Run steps 1-4 of the module docstring; returns the result dict (see :func:`print_result`).
+
+    ``work`` keeps the server log, locust's CSV files and the per-request record; by default they go to
+    a temp folder that is removed at the end. The server is stopped whatever happens.
+    """
     import httpx
 
     from serve.launcher import Server
 
     texts = soak_texts(export_dir, run_dir)
-    work = Path(tempfile.mkdtemp(prefix="distill-soak-"))
-    (work / "texts.json").write_text(json.dumps(texts))
-    record = work / "record.json"
+    keep = work is not None
+    work = Path(work) if keep else Path(tempfile.mkdtemp(prefix="distill-soak-"))
+    work.mkdir(parents=True, exist_ok=True)
     srv = Server(export_dir, env=env, ready_timeout_s=180, log_path=work / "server.log").start()
-    meta0 = httpx.get(srv.url + "/metadata", timeout=30).json()
-    sampler = TreeSampler(srv.proc.pid, sample_s)
-    start = sampler.sample()
-    sampler.start()
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(users),
-           "--run-time", f"{int(minutes * 60)}s", "--host", srv.url, "--only-summary", "--stop-timeout", "30",
-           "--csv", str(work / "locust"), "--loglevel", "WARNING"]
-    lenv = dict(os.environ, SOAK_TEXTS=str(work / "texts.json"), SOAK_RECORD=str(record))
-    t_load = time.monotonic()
-    with open(work / "locust.log", "wb") as log:
-        loc = subprocess.Popen(cmd, env=lenv, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
-        import psutil
-
-        lproc = psutil.Process(loc.pid)
-        locust_cpu = 0.0
-        while loc.poll() is None:
-            try:
-                t = lproc.cpu_times()
-                locust_cpu = t.user + t.system
-            except psutil.Error:
-                pass
-            time.sleep(1.0)
-    load_s = time.monotonic() - t_load
-    end = sampler.sample()
-    sampler.stop()
-    stats = httpx.get(srv.url + "/metadata", timeout=30).json()["stats"]
-    t_term = time.monotonic()
-    srv.proc.terminate()  # SIGTERM to bentoml serve, as a container runtime does
     try:
-        rc = srv.proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        rc = None
-    shutdown_s = time.monotonic() - t_term
-    srv.stop()
-    rec = json.loads(record.read_text()) if record.is_file() else {"ms": [], "status": [], "batch_size": []}
+        meta0 = httpx.get(srv.url + "/metadata", timeout=30).json()
+        limit = meta0["limits"]["max_text_chars"]
+        sent = [t for t in texts if len(t) <= limit]  # a longer text is a 400 by design, not load
+        (work / "texts.json").write_text(json.dumps(sent))
+        sampler = TreeSampler(srv.proc.pid, sample_s)
+        start = sampler.sample()
+        sampler.start()
+        t_load = time.monotonic()
+        rec, load_s, locust_cpu = drive_locust(srv.url, users, minutes, work)
+        end = sampler.sample()
+        sampler.stop()
+        stats = httpx.get(srv.url + "/metadata", timeout=30).json()["stats"]
+        t_term = time.monotonic()
+        srv.proc.terminate()  # SIGTERM to bentoml serve, as a container runtime does
+        try:
+            rc = srv.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        shutdown_s = time.monotonic() - t_term
+    finally:
+        srv.stop()
     status = Counter(rec["status"])
     ok = status.get(200, 0)
     warm = at(sampler.samples, (t_load - sampler.t0) + warmup_s)
-    threads = int(meta0.get("intra_op_threads") or 1)
+    # the same cores as the service: its intra-op threads x its workers, in one session
+    threads = int(meta0.get("intra_op_threads") or 1) * int(meta0.get("workers") or 1)
     calls = model_calls(rec["batch_size"]) or [1]
-    inproc = inprocess_throughput(export_dir, texts, calls, threads, meta0.get("model", "int8"), inproc_s)
+    inproc = inprocess_throughput(export_dir, sent, calls, threads, meta0.get("model", "int8"), inproc_s)
     service_tps = ok / load_s if load_s else 0.0
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
     return {
         "export_dir": str(export_dir), "users": users, "minutes": minutes, "texts_available": len(texts),
+        "texts_sent": len(sent), "texts_over_limit": len(texts) - len(sent), "max_text_chars": limit,
         "requests": len(rec["status"]), "ok": ok, "failures": len(rec["status"]) - ok,
         "status_counts": {str(k): v for k, v in sorted(status.items())},
         "http_5xx": sum(v for k, v in status.items() if k >= 500), "connection_errors": status.get(0, 0),
         "p50_ms": _pct(rec["ms"], 0.50), "p99_ms": _pct(rec["ms"], 0.99), "max_ms": max(rec["ms"], default=0.0),
         "req_per_s": service_tps, "load_s": load_s,
         "mean_batch_size": stats["texts"] / max(1, stats["model_calls"]), "max_batch_size": stats["max_batch_size"],
-        "rss_start_mb": start["rss_mb"] if start else None, "rss_warm_mb": warm["rss_mb"], "rss_end_mb": end["rss_mb"] if end else None,
+        "rss_start_mb": start["rss_mb"] if start else None, "rss_warm_mb": warm["rss_mb"],
+        "rss_end_mb": end["rss_mb"] if end else None,
         "rss_growth_after_warmup_pct": 100.0 * (end["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"] if end else None,
-        "warmup_s": warmup_s, "rss_series": [(s["t"], s["rss_mb"]) for s in sampler.samples],
+        "warmup_s": warmup_s, "rss_series": [(x["t"], x["rss_mb"]) for x in sampler.samples],
         "procs_end": end["procs"] if end else {}, "server_cpu_s": end["cpu_s"] if end else None,
         "locust_cpu_s": locust_cpu, "shutdown_rc": rc, "shutdown_s": shutdown_s,
         "inprocess": inproc, "service_vs_inprocess": service_tps / inproc["texts_per_s"] if inproc["texts_per_s"] else None,
-        "work": str(work),
+        "work": str(work) if keep else None,
     }
 
 
 def print_result(r: dict) -> None:
     """A human-readable table of :func:`run_soak`'s result."""
-    print(f"soak: {r['users']} users x {r['minutes']:g} min on {r['export_dir']} ({r['texts_available']} texts)")
+    print(f"soak: {r['users']} users x {r['minutes']:g} min on {r['export_dir']} ({r['texts_sent']} texts; "
+          f"{r['texts_over_limit']} over the service's {r['max_text_chars']}-character limit left out)")
     print(f"  requests {r['requests']:,}  ok {r['ok']:,}  failures {r['failures']}  5xx {r['http_5xx']}  "
           f"status {r['status_counts']}")
     print(f"  latency p50 {r['p50_ms']:.1f} ms  p99 {r['p99_ms']:.1f} ms  max {r['max_ms']:.0f} ms;  "
@@ -242,13 +272,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", help="run folder whose test texts are sent (default: the export's source run)")
     ap.add_argument("--env", action="append", default=[], help="DISTILL_*=VALUE for the server (repeatable)")
     ap.add_argument("--out", help="write the result as JSON here")
+    ap.add_argument("--work", help="keep the server log, locust CSVs and the per-request record in this folder")
     a = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from serve.runtime import resolve_export_dir
 
     export_dir = resolve_export_dir(a.export)
     env = dict(kv.split("=", 1) for kv in a.env)
-    r = run_soak(export_dir, a.minutes, a.users, a.warmup_s, a.inproc_s, env, a.run, a.sample_s)
+    r = run_soak(export_dir, a.minutes, a.users, a.warmup_s, a.inproc_s, env, a.run, a.sample_s,
+                 Path(a.work) if a.work else None)
     print_result(r)
     if a.out:
         from distill.runio import atomic_write_json
