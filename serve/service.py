@@ -79,6 +79,8 @@ def _metadata() -> dict | None:
     workers=SETTINGS.workers,
     traffic={"timeout": SETTINGS.request_timeout_s},
     http={"host": "127.0.0.1", "port": 3000},
+    logging={"access": {"enabled": SETTINGS.access_log}},
+    metrics={"enabled": SETTINGS.metrics},
 )
 class NewsClassifier:
     """News topic classifier serving a distilled student exported to ONNX (INT8 by default).
@@ -165,6 +167,8 @@ class NewsClassifier:
             "intra_op_threads": self.rt.threads,
             "ort_spinning": self.rt.spinning,
             "workers": SETTINGS.workers,
+            "access_log": SETTINGS.access_log,
+            "metrics": SETTINGS.metrics,
             "limits": {"max_texts": SETTINGS.max_texts, "max_text_chars": SETTINGS.max_text_chars,
                        "max_body_bytes": SETTINGS.max_body_bytes},
             "batching": {"max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms,

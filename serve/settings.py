@@ -33,6 +33,12 @@ Every setting, its default and its range (defaults in brackets):
     BentoML traffic timeout per request (s).
 ``DISTILL_VERIFY_SHA256`` [1]
     Check the model file's sha256 against the manifest at start-up (refuse to start on mismatch).
+``DISTILL_ACCESS_LOG`` [1]
+    BentoML's access log (one INFO line per request). 0 turns it off: under sustained load the line
+    costs CPU on the worker that also runs the model (see the soak figures in the README).
+``DISTILL_METRICS`` [1]
+    BentoML's Prometheus metrics (``GET /metrics``, request and adaptive-batch histograms). 0 turns
+    them off (``/metrics`` then answers 404) and saves their per-request bookkeeping.
 
 Booleans accept 1/0, true/false, yes/no, on/off. This module is packed into the bento: it needs only
 pydantic and pydantic-settings.
@@ -72,6 +78,8 @@ class ServeSettings(BaseSettings):
     max_body_bytes: int | None = Field(None, ge=1024, description="None = 6 x max_texts x max_text_chars + 64 KiB")
     request_timeout_s: float = Field(30.0, ge=0.1)
     verify_sha256: bool = True
+    access_log: bool = True
+    metrics: bool = True
 
     @field_validator("export_dir", "max_body_bytes", mode="before")
     @classmethod

@@ -32,6 +32,7 @@ def test_settings_defaults(clean_env):
     assert (s.max_texts, s.max_text_chars, s.intra_op_threads) == (64, 10_000, 0)
     assert s.max_body_bytes == 6 * 64 * 10_000 + 65536
     assert s.verify_sha256 is True and s.ort_spinning is False and s.export_dir is None
+    assert s.access_log is True and s.metrics is True
 
 
 def test_settings_from_the_environment(clean_env):
@@ -59,6 +60,7 @@ def test_settings_from_the_environment(clean_env):
     ("DISTILL_MAX_BODY_BYTES", "10", "greater than or equal to 1024"),
     ("DISTILL_VERIFY_SHA256", "maybe", "valid boolean"),
     ("DISTILL_WORKERS", "0", "greater than or equal to 1"),
+    ("DISTILL_METRICS", "sometimes", "valid boolean"),
 ])
 def test_a_bad_setting_names_the_variable_and_the_range(clean_env, name, value, needle):
     clean_env.setenv(name, value)
@@ -74,7 +76,7 @@ def test_settings_are_typed_fields():
     fields = ServeSettings.model_fields
     assert {"model", "workers", "max_batch_size", "max_latency_ms", "batch_wait_ms", "max_texts",
             "max_text_chars", "max_body_bytes", "request_timeout_s", "verify_sha256", "ort_spinning",
-            "intra_op_threads", "export_dir"} == set(fields)
+            "intra_op_threads", "export_dir", "access_log", "metrics"} == set(fields)
 
 
 def test_a_bad_setting_stops_the_server_naming_it(tiny_export):
@@ -159,3 +161,21 @@ def test_json_outputs_state_their_media_type(tiny_export, monkeypatch):
     assert "cls.mime_type()" in inspect.getsource(IOMixin.to_http_response)  # what the fix short-cuts
     for name in ("classify", "metadata"):
         assert NewsClassifier.apis[name].output_spec.media_type == "application/json"
+
+
+def test_access_log_and_metrics_can_be_turned_off(tiny_export, tmp_path):
+    """``DISTILL_ACCESS_LOG=0`` / ``DISTILL_METRICS=0`` reach BentoML: no access line per request in the
+    server log, ``/metrics`` answers 404; with the defaults both are on (checked on the same requests)."""
+    texts = {"texts": ["Oil prices fell as markets rallied"]}
+    for env, on in (({}, True), ({"DISTILL_ACCESS_LOG": "0", "DISTILL_METRICS": "off"}, False)):
+        log = tmp_path / f"server-{on}.log"
+        with Server(tiny_export, env={"DISTILL_INTRA_OP_THREADS": "1", **env}, ready_timeout_s=90,
+                    log_path=log) as srv:
+            for _ in range(3):
+                assert httpx.post(srv.url + "/classify", json=texts, timeout=30).status_code == 200
+            meta = httpx.get(srv.url + "/metadata", timeout=30).json()
+            metrics = httpx.get(srv.url + "/metrics", timeout=30)
+        access = [ln for ln in log.read_text(errors="replace").splitlines() if "/classify" in ln and "200" in ln]
+        assert (meta["access_log"], meta["metrics"]) == (on, on)
+        assert (metrics.status_code == 200) is on, metrics.status_code
+        assert (len(access) >= 3) is on and (len(access) == 0) is (not on), access
