@@ -116,10 +116,9 @@ def machine_info() -> dict:
     PyTorch threads, GPU (if any), load average, and versions of the packages the benchmark uses."""
     import torch
 
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        usable = os.cpu_count()
+    from serve.settings import usable_cores
+
+    usable = usable_cores()
     gpu = None
     if torch.cuda.is_available():
         gpu = {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(),

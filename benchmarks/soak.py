@@ -11,7 +11,8 @@ followed over time, then the same texts and batch sizes through ONNX Runtime in-
 4. In-process: :class:`serve.runtime.TextClassifierRuntime` with as many intra-op threads as the service
    uses in all (threads x workers) runs the same texts in model calls of the same sizes as the service's
    adaptive batcher made (the sizes reported in the responses' ``batch_size``, replayed in proportion)
-   for ``--inproc-s`` seconds.
+   for ``--inproc-s`` seconds; with several workers, also one runtime per worker side by side (the
+   service's layout). The service / in-process ratio is taken against the faster of the two.
 
 Texts longer than the service's ``max_text_chars`` are left out (they get a 400 by design); their count
 is reported.
@@ -119,23 +120,39 @@ def at(samples: list[dict], t: float) -> dict:
 
 
 def inprocess_throughput(export_dir: Path, texts: list[str], batch_sizes: list[int], threads: int, model: str,
-                         seconds: float, seed: int = 0) -> dict:
+                         seconds: float, seed: int = 0, sessions: int = 1) -> dict:
     """Texts/s of :class:`TextClassifierRuntime` (tokenize + ONNX Runtime + softmax) over model calls whose
-    sizes are drawn from ``batch_sizes`` (one entry per model call), for ``seconds`` s."""
+    sizes are drawn from ``batch_sizes`` (one entry per model call), for ``seconds`` s.
+
+    ``sessions`` runtimes of ``threads`` intra-op threads each run side by side, each driven by its own
+    Python thread (ONNX Runtime and the tokenizer release the GIL): the in-process twin of a service with
+    ``sessions`` workers. Returns texts/s, model calls, texts, seconds, threads and sessions.
+    """
     from serve.runtime import TextClassifierRuntime
 
-    rng = random.Random(seed)
-    rt = TextClassifierRuntime(export_dir, model=model, threads=threads)
-    rt.predict_proba(texts[:2])  # warm up
-    n_texts = n_calls = 0
+    rts = [TextClassifierRuntime(export_dir, model=model, threads=threads) for _ in range(sessions)]
+    for rt in rts:
+        rt.predict_proba(texts[:2])  # warm up
+    counts = [[0, 0] for _ in rts]  # texts, calls per session
     t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        b = rng.choice(batch_sizes)
-        rt.predict_proba([rng.choice(texts) for _ in range(b)])
-        n_texts += b
-        n_calls += 1
+
+    def drive(i: int) -> None:
+        rng = random.Random(seed + i)
+        while time.perf_counter() - t0 < seconds:
+            b = rng.choice(batch_sizes)
+            rts[i].predict_proba([rng.choice(texts) for _ in range(b)])
+            counts[i][0] += b
+            counts[i][1] += 1
+
+    workers = [threading.Thread(target=drive, args=(i,)) for i in range(sessions)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
     dt = time.perf_counter() - t0
-    return {"texts_per_s": n_texts / dt, "model_calls": n_calls, "texts": n_texts, "seconds": dt, "threads": threads}
+    n_texts, n_calls = sum(c[0] for c in counts), sum(c[1] for c in counts)
+    return {"texts_per_s": n_texts / dt, "model_calls": n_calls, "texts": n_texts, "seconds": dt,
+            "threads": threads, "sessions": sessions}
 
 
 def model_calls(batch_sizes_seen: list[int]) -> list[int]:
@@ -216,10 +233,16 @@ def run_soak(export_dir: Path, minutes: float, users: int, warmup_s: float, inpr
     status = Counter(rec["status"])
     ok = status.get(200, 0)
     warm = at(sampler.samples, (t_load - sampler.t0) + warmup_s)
-    # the same cores as the service: its intra-op threads x its workers, in one session
-    threads = int(meta0.get("intra_op_threads") or 1) * int(meta0.get("workers") or 1)
+    # the same cores as the service: (a) one session with its intra-op threads x its workers; (b) with
+    # several workers, also its layout: one session per worker side by side. The ratio is taken against
+    # the faster of the two.
+    per, nw = int(meta0.get("intra_op_threads") or 1), int(meta0.get("workers") or 1)
     calls = model_calls(rec["batch_size"]) or [1]
-    inproc = inprocess_throughput(export_dir, sent, calls, threads, meta0.get("model", "int8"), inproc_s)
+    model = meta0.get("model", "int8")
+    inprocs = [inprocess_throughput(export_dir, sent, calls, per * nw, model, inproc_s)]
+    if nw > 1:
+        inprocs.append(inprocess_throughput(export_dir, sent, calls, per, model, inproc_s, sessions=nw))
+    inproc = max(inprocs, key=lambda x: x["texts_per_s"])
     service_tps = ok / load_s if load_s else 0.0
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
@@ -238,7 +261,8 @@ def run_soak(export_dir: Path, minutes: float, users: int, warmup_s: float, inpr
         "warmup_s": warmup_s, "rss_series": [(x["t"], x["rss_mb"]) for x in sampler.samples],
         "procs_end": end["procs"] if end else {}, "server_cpu_s": end["cpu_s"] if end else None,
         "locust_cpu_s": locust_cpu, "shutdown_rc": rc, "shutdown_s": shutdown_s,
-        "inprocess": inproc, "service_vs_inprocess": service_tps / inproc["texts_per_s"] if inproc["texts_per_s"] else None,
+        "workers": nw, "intra_op_threads": per, "inprocess": inproc, "inprocess_all": inprocs,
+        "service_vs_inprocess": service_tps / inproc["texts_per_s"] if inproc["texts_per_s"] else None,
         "work": str(work) if keep else None,
     }
 
@@ -256,9 +280,11 @@ def print_result(r: dict) -> None:
           f"{r['rss_growth_after_warmup_pct']:+.1f}%")
     print(f"  CPU: server {r['server_cpu_s']:.0f} s, locust {r['locust_cpu_s']:.0f} s over {r['load_s']:.0f} s;  "
           f"SIGTERM -> exit {r['shutdown_rc']} in {r['shutdown_s']:.1f} s")
-    ip = r["inprocess"]
-    print(f"  in-process ONNX Runtime, same texts and batch sizes, {ip['threads']} threads: "
-          f"{ip['texts_per_s']:.1f} texts/s  ->  service / in-process = {r['service_vs_inprocess']:.3f}")
+    print(f"  service: {r['workers']} worker(s) x {r['intra_op_threads']} intra-op thread(s)")
+    for ip in r["inprocess_all"]:
+        print(f"  in-process ONNX Runtime, same texts and batch sizes, {ip['sessions']} session(s) x "
+              f"{ip['threads']} thread(s): {ip['texts_per_s']:.1f} texts/s")
+    print(f"  service / in-process (the faster) = {r['service_vs_inprocess']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:

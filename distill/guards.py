@@ -80,9 +80,10 @@ def choose_student(summary_dev: dict[str, list[float]], main: str, rule: str) ->
     kd, base = float(np.mean(summary_dev[main])), float(np.mean(summary_dev["nokd"]))
     if base <= kd:
         return main, None
-    return "nokd", (f"the {main} student scored below the no-KD student on dev macro-F1 ({kd:.2f} < {base:.2f}, mean "
-                    f"over seeds), so the run's student is the no-KD student (--select-student dev); distilling "
-                    "from these teachers did not pay on this data.")
+    nd = 2 if f"{kd:.2f}" != f"{base:.2f}" else 4  # enough digits to show the gap
+    return "nokd", (f"the {main} student scored below the no-KD student on dev macro-F1 ({kd:.{nd}f} < {base:.{nd}f}, "
+                    f"a gap of {base - kd:.{nd}f} points, mean over seeds), so the run's student is the no-KD student "
+                    "(--select-student dev); distilling from these teachers did not pay on this data.")
 
 
 def expand_weights(per_text: np.ndarray | None, active: list[int], n_teachers: int) -> np.ndarray | None:

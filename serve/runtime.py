@@ -46,11 +46,9 @@ def sha256_file(path: Path, chunk: int = 2**20) -> str:
 
 def default_threads(workers: int = 1) -> int:
     """ONNX Runtime intra-op threads per worker: usable CPU cores / workers (at least 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, workers))
+    from .settings import usable_cores
+
+    return max(1, usable_cores() // max(1, workers))
 
 
 def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,

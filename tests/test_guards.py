@@ -31,6 +31,9 @@ def test_choose_student_on_dev():
     assert choose_student({"mtbert": [96.0], "nokd": [95.9]}, "mtbert", "dev") == ("mtbert", None)
     assert choose_student({"mtbert": [90.0], "nokd": [95.9]}, "mtbert", "strategy") == ("mtbert", None)
     assert choose_student({"mtbert": [90.0]}, "mtbert", "dev") == ("mtbert", None)
+    # a gap that rounds away at 2 decimals is shown with enough digits (the BBC default job: 97.3982 vs 97.4026)
+    note = choose_student({"mtbert": [97.39818914], "nokd": [97.40263801]}, "mtbert", "dev")[1]
+    assert "(97.3982 < 97.4026, a gap of 0.0044 points" in note, note
 
 
 def test_expand_weights_keeps_every_teacher_column():

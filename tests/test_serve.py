@@ -23,7 +23,8 @@ from serve.launcher import ROOT, Server  # noqa: E402
 
 MAX_TEXTS, MAX_CHARS = 8, 2000
 SERVER_ENV = {"DISTILL_MAX_TEXTS": str(MAX_TEXTS), "DISTILL_MAX_TEXT_CHARS": str(MAX_CHARS),
-              "DISTILL_INTRA_OP_THREADS": "1", "DISTILL_MAX_BATCH_SIZE": "16"}
+              "DISTILL_INTRA_OP_THREADS": "1", "DISTILL_MAX_BATCH_SIZE": "16",
+              "DISTILL_WORKERS": "1"}  # one worker: /metadata's batching counters cover every request
 MAX_BODY = 6 * MAX_TEXTS * MAX_CHARS + 65536  # the service's default for these limits
 TEXTS = ["market shares profit bank economy", "match team player goal season", "software computer phone chip",
          "minister election party vote", "the a of to in", "Stocks rally as bank profits beat forecasts"]

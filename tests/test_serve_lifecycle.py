@@ -15,7 +15,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("bentoml")
 
 from serve.launcher import Server  # noqa: E402
-from serve.settings import ServeSettings, load_settings  # noqa: E402
+from serve.settings import ServeSettings, load_settings, usable_cores  # noqa: E402
 
 
 @pytest.fixture()
@@ -28,7 +28,8 @@ def clean_env(monkeypatch):
 
 def test_settings_defaults(clean_env):
     s = load_settings()
-    assert (s.model, s.workers, s.max_batch_size, s.max_latency_ms, s.batch_wait_ms) == ("int8", 1, 32, 2000, 0.0)
+    assert (s.model, s.max_batch_size, s.max_latency_ms, s.batch_wait_ms) == ("int8", 32, 2000, 0.0)
+    assert s.workers == min(usable_cores(), 4)  # auto
     assert (s.max_texts, s.max_text_chars, s.intra_op_threads) == (64, 10_000, 0)
     assert s.max_body_bytes == 6 * 64 * 10_000 + 65536
     assert s.verify_sha256 is True and s.ort_spinning is False and s.export_dir is None
@@ -45,10 +46,16 @@ def test_settings_from_the_environment(clean_env):
     assert s.max_body_bytes == 6 * 8 * 100 + 65536  # the default follows the limits
     assert s.ort_spinning is True and s.verify_sha256 is False
     assert s.export_dir == "/x/export" and s.request_timeout_s == 2.5
+    assert s.workers == min(usable_cores(), 4)
     clean_env.setenv("DISTILL_MAX_BODY_BYTES", "")  # empty = the default
     clean_env.setenv("DISTILL_BATCH_WAIT_MS", "5")
     s = load_settings()
     assert s.max_body_bytes == 6 * 8 * 100 + 65536 and s.batch_wait_ms == 5.0
+    clean_env.setenv("DISTILL_WORKERS", "3")
+    assert load_settings().workers == 3
+    clean_env.setenv("DISTILL_WORKERS", "0")
+    clean_env.setenv("DISTILL_MODEL", "fp16")  # one GPU: one worker
+    assert load_settings().workers == 1
 
 
 @pytest.mark.parametrize("name, value, needle", [
@@ -59,7 +66,7 @@ def test_settings_from_the_environment(clean_env):
     ("DISTILL_BATCH_WAIT_MS", "-1", "greater than or equal to 0"),
     ("DISTILL_MAX_BODY_BYTES", "10", "greater than or equal to 1024"),
     ("DISTILL_VERIFY_SHA256", "maybe", "valid boolean"),
-    ("DISTILL_WORKERS", "0", "greater than or equal to 1"),
+    ("DISTILL_WORKERS", "-1", "greater than or equal to 0"),
     ("DISTILL_METRICS", "sometimes", "valid boolean"),
 ])
 def test_a_bad_setting_names_the_variable_and_the_range(clean_env, name, value, needle):
@@ -165,7 +172,8 @@ def test_json_outputs_state_their_media_type(tiny_export, monkeypatch):
 
 def test_access_log_and_metrics_can_be_turned_off(tiny_export, tmp_path):
     """``DISTILL_ACCESS_LOG=0`` / ``DISTILL_METRICS=0`` reach BentoML: no access line per request in the
-    server log, ``/metrics`` answers 404; with the defaults both are on (checked on the same requests)."""
+    server log, ``/metrics`` answers 404; with the defaults both are on (checked on the same requests).
+    Both servers run the automatic number of workers."""
     texts = {"texts": ["Oil prices fell as markets rallied"]}
     for env, on in (({}, True), ({"DISTILL_ACCESS_LOG": "0", "DISTILL_METRICS": "off"}, False)):
         log = tmp_path / f"server-{on}.log"
@@ -177,5 +185,6 @@ def test_access_log_and_metrics_can_be_turned_off(tiny_export, tmp_path):
             metrics = httpx.get(srv.url + "/metrics", timeout=30)
         access = [ln for ln in log.read_text(errors="replace").splitlines() if "/classify" in ln and "200" in ln]
         assert (meta["access_log"], meta["metrics"]) == (on, on)
+        assert meta["workers"] == min(usable_cores(), 4) and meta["intra_op_threads"] == 1  # auto workers
         assert (metrics.status_code == 200) is on, metrics.status_code
         assert (len(access) >= 3) is on and (len(access) == 0) is (not on), access
