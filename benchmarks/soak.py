@@ -220,7 +220,6 @@ def run_soak(export_dir: Path, minutes: float, users: int, warmup_s: float, inpr
         rec, load_s, locust_cpu = drive_locust(srv.url, users, minutes, work)
         end = sampler.sample()
         sampler.stop()
-        stats = httpx.get(srv.url + "/metadata", timeout=30).json()["stats"]
         t_term = time.monotonic()
         srv.proc.terminate()  # SIGTERM to bentoml serve, as a container runtime does
         try:
@@ -254,7 +253,8 @@ def run_soak(export_dir: Path, minutes: float, users: int, warmup_s: float, inpr
         "http_5xx": sum(v for k, v in status.items() if k >= 500), "connection_errors": status.get(0, 0),
         "p50_ms": _pct(rec["ms"], 0.50), "p99_ms": _pct(rec["ms"], 0.99), "max_ms": max(rec["ms"], default=0.0),
         "req_per_s": service_tps, "load_s": load_s,
-        "mean_batch_size": stats["texts"] / max(1, stats["model_calls"]), "max_batch_size": stats["max_batch_size"],
+        # from the responses' batch_size (every worker; /metadata's counters are one worker's)
+        "mean_batch_size": sum(calls) / len(calls), "max_batch_size": max(rec["batch_size"], default=0),
         "rss_start_mb": start["rss_mb"] if start else None, "rss_warm_mb": warm["rss_mb"],
         "rss_end_mb": end["rss_mb"] if end else None,
         "rss_growth_after_warmup_pct": 100.0 * (end["rss_mb"] - warm["rss_mb"]) / warm["rss_mb"] if end else None,
