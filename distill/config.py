@@ -174,6 +174,11 @@ class RunConfig:
             raise DistillError("--weak-teacher-margin must be >= 0 (macro-F1 points), or 'none' to keep every teacher.")
         if self.student_head_init not in ("shared", "random"):
             raise DistillError("--student-head-init must be 'shared' or 'random'.")
+        repeated = sorted({t for t in self.teachers if self.teachers.count(t) > 1})
+        if repeated and self.teacher_mode == "joint":
+            raise DistillError(f"--teacher {repeated[0]} is given more than once with --teacher-mode joint: the copies "
+                               "would share one head and one data order and stay near-identical. Use --teacher-mode "
+                               "independent (each copy gets its own head initialisation and dropout stream).")
         if self.student_from is not None and not 0 <= self.student_from < len(self.teachers):
             raise DistillError(f"--student-from {self.student_from}: out of range, there are {len(self.teachers)} teachers.")
 

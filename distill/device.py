@@ -54,3 +54,46 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+class PeakMemory:
+    """Peak memory of a block of work, in MB (10^6 bytes): on CUDA the peak of
+    ``torch.cuda.max_memory_allocated`` (reset on entry); on CPU the peak resident set size of this
+    process, sampled every ``interval`` seconds by a daemon thread (psutil) - the process's peak *during*
+    the block, not since the process started.
+
+    Usage: ``with PeakMemory(device) as pm: ...``; then ``pm.mb``.
+    """
+
+    def __init__(self, device: str = "cpu", interval: float = 0.05):
+        self.device, self.interval, self.mb = device, interval, float("nan")
+
+    def __enter__(self):
+        import threading
+
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        import psutil
+
+        proc, self._stop = psutil.Process(), threading.Event()
+        self._peak = proc.memory_info().rss
+
+        def sample():
+            while not self._stop.wait(self.interval):
+                self._peak = max(self._peak, proc.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.startswith("cuda"):
+            self.mb = torch.cuda.max_memory_allocated(self.device) / 1e6
+        else:
+            self._stop.set()
+            self._thread.join()
+            import psutil
+
+            self.mb = max(self._peak, psutil.Process().memory_info().rss) / 1e6
+        return False

@@ -26,7 +26,7 @@ import torch
 from . import cache as teacher_cache
 from .config import RunConfig
 from .data import TextDataset, load_dataset
-from .device import resolve_device, resolve_precision
+from .device import PeakMemory, resolve_device, resolve_precision
 from .errors import DistillError
 from .guards import choose_student, expand_weights, select_teachers
 from .hub import check_safetensors, is_encoder, resolve_model
@@ -38,7 +38,8 @@ from .runio import (RunState, atomic_dir, atomic_write_json, atomic_write_text, 
                     load_checkpoint, save_checkpoint, sweep_partials)
 from .split import stratified_split
 from .strategies import build_strategy
-from .students import Evaluator, build_student, fit_settings, specs, teacher_weight_summary, train_student
+from .students import (Evaluator, attach_teachers, build_student, fit_settings, quiz_rows, save_updated_teachers, specs,
+                       teacher_weight_summary, train_student)
 from .teachers import get_teachers, teacher_fingerprint, teacher_outputs_phase, teacher_report, teacher_store_root
 from .tokens import Tokenized, same_tokenization
 from .transfer import TransferSet, build_transfer, masked_labels
@@ -106,6 +107,7 @@ class Prepared:
     student_note: str | None = None
     transfer: TransferSet
     train_labels: list[int]
+    quiz: list[int]  # training rows held out as a teacher-updating strategy's quiz set ([] when none)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -125,6 +127,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     P.split = stratified_split(P.ds.labels, P.ds.label_names, cfg.seed, cfg.dev_frac, cfg.test_frac, cfg.train_cap)
     P.ds, P.transfer = build_transfer(P.ds, P.split, cfg.unlabeled, cfg.unlabeled_from_train, cfg.text_cols, cfg.seed)
     P.train_labels = masked_labels(P.ds, P.transfer)
+    P.quiz = quiz_rows(cfg, P.split, P.ds.labels)
     P.teacher_paths, P.teacher_cfgs, P.teacher_toks = [], [], []
     for name in cfg.teachers:
         p = resolve_model(name, "teacher")
@@ -259,7 +262,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
         "source": P.ds.source, "label_names": P.ds.label_names,
         "class_counts": {part: P.ds.subset(getattr(P.split, part)).class_counts() for part in ("train", "dev", "test")},
         "ids": {part: [P.ds.ids[i] for i in getattr(P.split, part)] for part in ("train", "dev", "test")},
-        "transfer": dict(P.transfer.describe(), ids=[P.ds.ids[i] for i in P.transfer.rows])})
+        "transfer": dict(P.transfer.describe(), ids=[P.ds.ids[i] for i in P.transfer.rows]),
+        **({"quiz": {"size": len(P.quiz), "ids": [P.ds.ids[i] for i in P.quiz]}} if P.quiz else {})})
     atomic_write_json(run_dir / "labels.json", {"label_names": P.ds.label_names})
     log.info("data: %s, %d rows, %d classes; split %s (seed %d)", P.ds.source, len(P.ds), len(P.ds.label_names),
              P.split.sizes(), cfg.seed)
@@ -311,8 +315,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
     results: dict[str, list[dict]] = {strat: [] for strat in cfg.strategies}
     for seed in [cfg.seed + k for k in range(cfg.repeats)]:
         for strat in cfg.strategies:
-            results[strat].append(student_phase(cfg, P, strat, seed, teachers, tspecs, sspec, stok, provider, state,
-                                                run_dir, device, precision))
+            results[strat].append(student_phase(cfg, P, strat, seed, teachers, toks, tspecs, sspec, stok, provider,
+                                                state, run_dir, device, precision))
     timer.times["students"] = sum(r["train_seconds"] for rs in results.values() for r in rs)
 
     # the run's student: the best dev seed of the main strategy, or of nokd when KD did not pay on dev
@@ -342,7 +346,7 @@ def student_tokenization(P: Prepared, toks: list[Tokenized], max_length: int) ->
         or Tokenized(P.student_tok, P.ds.texts, max_length)
 
 
-def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, tspecs, sspec, stok, provider,
+def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, toks, tspecs, sspec, stok, provider,
                   state: RunState, run_dir: Path, device: str, precision: str) -> dict:
     """Phase ``student/<strategy>/seed<k>``: train (or resume) one student, evaluate it on dev and
     test, save the main strategy's model, and record ``students/<strategy>-seed<k>/metrics.json``."""
@@ -363,6 +367,7 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
     strategy = build_strategy(strat, cfg.strategy_settings(strat), tspecs, sspec)
     # strategies that learn from teachers also train on the transfer set (task loss on labelled rows only)
     rows = P.split.train + (P.transfer.rows if strategy.needs.teachers else [])
+    rows = attach_teachers(strategy, P, teachers, toks, stok, rows)  # MetaDistil: live teachers, quiz held out
     student = build_student(cfg, P, teachers, seed, stok)
     ckpt = run_dir / "checkpoints" / f"{strat}-seed{seed}.ckpt"
     resume_state = load_checkpoint(ckpt) if ckpt.is_file() else None
@@ -371,23 +376,30 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
     evaluate = Evaluator(student, stok, P.ds.labels, {"dev": P.split.dev}, C, device, cfg.eval_batch_size,
                               precision)
     t0 = time.perf_counter()
-    result = train_student(student, strategy, stok, P.train_labels, rows, provider, fit_settings(cfg, seed),
-                           device=device, precision=precision, evaluate=evaluate,
-                           checkpoint=lambda st: save_checkpoint(ckpt, st), resume_state=resume_state)
+    with PeakMemory(device) as peak:
+        result = train_student(student, strategy, stok, P.train_labels, rows, provider,
+                               strategy.adjust_fit(fit_settings(cfg, seed)), device=device, precision=precision,
+                               evaluate=evaluate, checkpoint=lambda st: save_checkpoint(ckpt, st),
+                               resume_state=resume_state)
     train_s = time.perf_counter() - t0
     y = {part: [P.ds.labels[i] for i in getattr(P.split, part)] for part in ("dev", "test")}
+    quiz_n = len(P.quiz) if strategy.teacher_updatable else 0  # training texts held out as its quiz set
     res = {"strategy": strat, "seed": seed, "description": strategy.describe(), "paper": strategy.paper,
            "settings": strategy.settings.model_dump(),
            **{part: classification_metrics(predict_logits(student, stok, getattr(P.split, part), device,
                                                           cfg.eval_batch_size, precision, f"eval {part}"), y[part], C)
               for part in ("dev", "test")},
            "epochs": [vars(e) for e in result.logs], "train_seconds": train_s, "params": count_params(student),
+           "peak_memory_mb": round(peak.mb, 1), "quiz_texts": quiz_n,
            "teacher_signal": provider.mode if strategy.needs.teachers else "none",
-           "train_texts": {"labelled": len(P.split.train), "transfer": len(rows) - len(P.split.train)},
+           "train_texts": {"labelled": len(P.split.train) - quiz_n, "transfer": len(rows) - len(P.split.train) + quiz_n},
            "teacher_weights": teacher_weight_summary(expand_weights(result.weights.per_text(),
                                                                     P.teacher_selection.active, len(cfg.teachers)),
                                                      [P.train_labels[r] for r in rows], P.ds.label_names,
                                                      cfg.teachers)}
+    if strategy.teacher_updatable:  # the meta-updated teachers: in the run folder, never in the teacher store
+        res["updated_teachers"] = [str(Path(d).relative_to(run_dir))
+                                   for d in save_updated_teachers(strategy, P, cfg, sdir / "teachers")]
     if strat in (cfg.strategy, "nokd"):  # nokd too: the run's student when KD does not pay on dev
         with atomic_dir(sdir / "model") as tmp:
             save_classifier(student, P.student_tok, tmp, {

@@ -101,3 +101,17 @@ def _stratified_sample(ix: list[int], labels: Sequence[int], k: int, rng: random
         rng.shuffle(v)
         out += v[: quota[c]]
     return out
+
+
+def quiz_split(train: list[int], labels: Sequence[int], size: int, seed: int, field: str) -> list[int]:
+    """The quiz set of a teacher-updating method (MetaDistil, METHODS.md section 4): ``size`` rows of the
+    training part, stratified and seeded (the same for every student seed), which that method's student
+    does not train on. Never dev or test rows.
+
+    Raises:
+        DistillError: ``size`` leaves fewer than 2 training rows (names ``field``, the setting to change).
+    """
+    if size > len(train) - 2:
+        raise DistillError(f"{field}={size}: the training part has only {len(train)} rows; the quiz set must leave "
+                           f"at least 2 to train on. Give a smaller {field} or more training data.")
+    return sorted(_stratified_sample(list(train), labels, size, random.Random(seed + 104729)))

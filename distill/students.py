@@ -134,3 +134,68 @@ def teacher_weight_summary(per_text: np.ndarray | None, labels: list[int], label
     per_class = {name: w[y == c].mean(0).tolist() for c, name in enumerate(label_names) if (y == c).any()}
     return {"teachers": list(teacher_names), "mean": w.mean(0).tolist(), "per_class": per_class,
             "dominant_share": dominant.tolist(), "texts": int(len(w))}
+
+
+def quiz_rows(cfg, split, labels: list[int]) -> list[int]:
+    """The quiz set of the run's teacher-updating strategy (MetaDistil), [] when the run has none: dataset
+    rows of the training part (see :func:`distill.split.quiz_split`)."""
+    from .split import quiz_split
+    from .strategies import STRATEGIES
+
+    for name in cfg.strategies:
+        if STRATEGIES[name].teacher_updatable:
+            size = cfg.strategy_settings(name).quiz_size
+            return quiz_split(split.train, labels, size, cfg.seed, f"--set {name}.quiz_size")
+    return []
+
+
+def attach_teachers(strategy: DistillStrategy, P, teachers: list[EncoderClassifier], toks: list[Tokenized],
+                    stok: Tokenized, rows: list[int]) -> list[int]:
+    """For a teacher-updating strategy: hand it copies of the active teachers, their tokenizations, the
+    student's and the quiz set; returns the student's training rows without the quiz rows. Other
+    strategies: ``rows`` unchanged."""
+    if not strategy.teacher_updatable:
+        return rows
+    active = P.teacher_selection.active
+    use = meta_teachers(strategy, active)
+    strategy.attach([teachers[i] for i in use], [toks[i] for i in use], stok, P.quiz, P.ds.labels,
+                    slots=[active.index(i) for i in use], n_slots=len(active))
+    quiz = set(P.quiz)
+    return [r for r in rows if r not in quiz]
+
+
+def meta_teachers(strategy: DistillStrategy, active: list[int]) -> list[int]:
+    """The teachers (indices in ``--teacher``) a teacher-updating strategy learns from: its ``teacher``
+    setting, else every active teacher.
+
+    Raises:
+        DistillError: the chosen teacher was left out of distillation by the weak-teacher rule.
+    """
+    from .errors import DistillError
+
+    one = getattr(strategy.settings, "teacher", None)
+    if one is None:
+        return list(active)
+    if one not in active:
+        raise DistillError(f"--set {strategy.name}.teacher={one}: teacher {one} is not distilled from in this run "
+                           f"(active teachers: {active}; see --weak-teacher-margin).")
+    return [one]
+
+
+def save_updated_teachers(strategy: DistillStrategy, P, cfg, folder) -> list[str]:
+    """Save a teacher-updating strategy's meta-updated teachers under ``folder/teacher_<i>`` (i = index in
+    ``--teacher``; safetensors, atomically); never into the shared teacher store. Returns the folders."""
+    from pathlib import Path
+
+    from .modeling import save_classifier
+    from .runio import atomic_dir
+
+    out = []
+    for t, i in zip(strategy.live, meta_teachers(strategy, P.teacher_selection.active)):
+        dest = Path(folder) / f"teacher_{i}"
+        with atomic_dir(dest) as tmp:
+            save_classifier(t, P.teacher_toks[i], tmp, {"label_names": P.ds.label_names, "max_length": cfg.max_length,
+                                                        "source_model": cfg.teachers[i], "role": "teacher",
+                                                        "updated_by": strategy.name})
+        out.append(str(dest))
+    return out

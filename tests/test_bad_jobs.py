@@ -84,6 +84,13 @@ CASES = [
     ("teacher mode", None, ["--teacher-mode", "solo"], ["--teacher-mode must be 'joint'"]),
     ("teacher is not an encoder", None, ["TEACHER_GPT2"], ["gpt2 is not a Transformer encoder", "Pass an encoder with --teacher"]),
     ("missing teacher folder", None, ["TEACHER_MISSING"], ["nowhere' was not found", "pass a local model folder"]),
+    ("one teacher twice, joint heads", None, ["TEACHER_TWICE"],
+     ["is given more than once with --teacher-mode joint", "Use --teacher-mode independent"]),
+    ("metadistil quiz set as large as the training part", None,
+     ["--strategy", "metadistil", "--set", "metadistil.quiz_size=500"],
+     ["--set metadistil.quiz_size=500: the training part has only", "Give a smaller --set metadistil.quiz_size"]),
+    ("metadistil teacher out of range", None, ["--strategy", "metadistil", "--set", "metadistil.teacher=3", "--set", "metadistil.quiz_size=12"],
+     ["--set metadistil.teacher=3: out of range (0..1)"]),
 ]
 
 
@@ -95,6 +102,8 @@ def test_bad_job_is_refused_before_training_with_the_fix(case, make, extra, need
         teachers, extra = [_gpt2(tmp_path / "gpt2")], []
     elif extra == ["TEACHER_MISSING"]:
         teachers, extra = [tmp_path / "nowhere"], []
+    elif extra == ["TEACHER_TWICE"]:
+        teachers, extra = [teachers[0], teachers[0]], []
     out = tmp_path / "run"
     args = tiny_run_args(out, teachers, data, teacher_store=tmp_path / "store")
     res = runner.invoke(app, args + extra)

@@ -7,7 +7,7 @@ here. ``distill strategies`` lists them with their settings and paper references
 from .base import (STRATEGIES, DistillStrategy, Needs, StrategySettings, StudentSignals, StudentSpec,
                    TeacherSignals, TeacherSpec, build_strategy, parse_value, register, resolve_settings,
                    settings_table)
-from . import nokd, hinton, avg, mtbert, camkd, ebkd, aekd, rl  # noqa: E402,F401  (registration)
+from . import nokd, hinton, avg, mtbert, camkd, ebkd, aekd, rl, metadistil  # noqa: E402,F401  (registration)
 
 __all__ = ["STRATEGIES", "DistillStrategy", "Needs", "StrategySettings", "StudentSignals", "StudentSpec",
            "TeacherSignals", "TeacherSpec", "build_strategy", "parse_value", "register", "resolve_settings",

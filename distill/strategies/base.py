@@ -16,6 +16,8 @@ and overrides only what it changes (defaults = plain distillation):
   parameters at ``head_lr``);
 * ``training_step(batch, ctx)`` (default: teacher signals, student forward, ``loss``, backward, step);
 * ``on_epoch_start`` / ``on_epoch_end`` (e.g. a reward from dev data);
+* ``adjust_fit`` (e.g. warm-up epochs added to the student's epochs);
+* ``teacher_updatable = True`` with ``attach(...)``: the method trains copies of the teachers itself;
 * extra checkpointed state through ``nn.Module.get_extra_state`` / ``set_extra_state``.
 
 The trainer (:func:`distill.trainer.fit`) logs every component ``loss`` returns and records
@@ -194,6 +196,10 @@ class DistillStrategy(nn.Module):
     paper: ClassVar[str] = ""
     Settings: ClassVar[type[StrategySettings]] = StrategySettings
     needs: Needs = Needs()
+    #: True when the method updates the teachers while the student trains (torchdistill's
+    #: ``teacher_updatable``): the pipeline then hands it trainable copies of the finetuned teachers,
+    #: their tokenizations and a quiz set through ``attach`` (see :mod:`.metadistil`).
+    teacher_updatable: ClassVar[bool] = False
 
     def __init__(self, settings: StrategySettings, teachers: list[TeacherSpec], student: StudentSpec):
         super().__init__()
@@ -210,6 +216,10 @@ class DistillStrategy(nn.Module):
         enc = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
         head = [p for n, p in model.named_parameters() if not n.startswith("encoder.")] + list(self.parameters())
         return [adamw([(enc, fs.lr), (head, fs.head_lr)], fs.weight_decay, total_steps, fs.warmup)]
+
+    def adjust_fit(self, fs: FitSettings) -> FitSettings:
+        """The run's :class:`FitSettings` for this method (default: unchanged; e.g. extra warm-up epochs)."""
+        return fs
 
     def student_signals(self, batch: Batch, ctx: StepContext) -> StudentSignals:
         """Forward the student (call inside ``ctx.autocast()``); hidden states only when ``needs.layers``."""
