@@ -252,9 +252,11 @@ def campaign(args: argparse.Namespace) -> int:
         teachers = [build_tiny_model(assets / "bert", "bert", 32, 4), build_tiny_model(assets / "mpnet", "mpnet", 48, 2)]
         data = write_tiny_csv(assets / "news.csv", 30)
         run_args = tiny_run_args(Path("unused"), teachers, data, baselines="nokd", repeats=2)[3:]  # drop run --out X
-        strategies, seeds = ["mtbert", "nokd"], [13, 14]
+        seeds = [13, 14]
     else:
-        run_args, strategies, seeds = ["--threads", str(args.threads)], ["mtbert", "nokd"], [13]
+        run_args, seeds = ["--threads", str(args.threads)], [13]
+    strategies = [args.strategy] + (["nokd"] if args.strategy != "nokd" else [])
+    run_args += ["--strategy", args.strategy] + [x for kv in args.set or [] for x in ("--set", kv)]
     job = Job(run_args, env)
     phases = run_phases(strategies, seeds)
 
@@ -360,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--store", help="a teacher store to share between the kills (teachers and cache reused, so "
                                     "co-finetuning is not killed; for the default job)")
     ap.add_argument("--threads", type=int, default=2, help="--threads of the default job")
+    ap.add_argument("--strategy", default="mtbert", help="the job's --strategy (its baseline is nokd)")
+    ap.add_argument("--set", action="append", metavar="STRATEGY.FIELD=VALUE", help="strategy settings of the job")
     ap.add_argument("--no-export", action="store_true", help="kill `distill run` only")
     ap.add_argument("--targets", help="comma-separated phases to aim at (default: every phase, round-robin)")
     ap.add_argument("--chain", action="store_true",
