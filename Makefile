@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer reference strategies clean
+.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag reference strategies clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -47,6 +47,21 @@ compare-ag: install
 # training part without labels (examples/agnews.yaml); then the reference models on that run's split.
 agnews-transfer: install
 	$(BIN)/distill run --config examples/agnews.yaml $(if $(wildcard runs/agnews/state.json),--resume,)
+
+# MetaDistil in paper 004's table shape (issue: MetaDistil): AG News, training part capped at 1,000 (100 of them
+# the quiz set), max length 64, 3 seeds; two MiniLM teachers finetuned independently (own heads), 3 epochs, all
+# layers, shared by the four runs through the teacher store. Rows: KD from one teacher (hinton) and no KD,
+# MetaDistil from that teacher with mtbert beside it for the cost (set metadistil.teacher to hinton's choice, printed in ag-meta/report.md),
+# MetaDistil with the extra teacher, + warm-up, + noise. Then: python scripts/results_table.py runs/ag-meta*
+MD = --data ../shared/data/ag_news/test.csv --train-cap 1000 --max-length 64 --repeats 3 --student-batch-size 32 \
+	--teacher sentence-transformers/all-MiniLM-L6-v2 --teacher sentence-transformers/all-MiniLM-L6-v2 \
+	--teacher-mode independent --teacher-epochs 3 --teacher-train-layers 0 --strategy metadistil
+MD_TEACHER ?= 1
+metadistil-ag: install
+	$(BIN)/distill run $(MD) --baselines hinton,nokd --out runs/ag-meta $(if $(wildcard runs/ag-meta/state.json),--resume,)
+	$(BIN)/distill run $(MD) --baselines mtbert --set metadistil.teacher=$(MD_TEACHER) --out runs/ag-meta-1t $(if $(wildcard runs/ag-meta-1t/state.json),--resume,)
+	$(BIN)/distill run $(MD) --baselines "" --set metadistil.warmup_epochs=1 --out runs/ag-meta-warmup $(if $(wildcard runs/ag-meta-warmup/state.json),--resume,)
+	$(BIN)/distill run $(MD) --baselines "" --set metadistil.warmup_epochs=1 --set metadistil.noise_p=0.2 --out runs/ag-meta-noise $(if $(wildcard runs/ag-meta-noise/state.json),--resume,)
 
 reference: install
 	$(BIN)/distill reference $(RUN)

@@ -159,7 +159,7 @@ def attach_teachers(strategy: DistillStrategy, P, teachers: list[EncoderClassifi
     active = P.teacher_selection.active
     use = meta_teachers(strategy, active)
     strategy.attach([teachers[i] for i in use], [toks[i] for i in use], stok, P.quiz, P.ds.labels,
-                    slots=[active.index(i) for i in use], n_slots=len(active))
+                    slots=[active.index(i) for i in use], n_slots=len(active), dev_rows=P.split.dev)
     quiz = set(P.quiz)
     return [r for r in rows if r not in quiz]
 

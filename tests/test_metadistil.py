@@ -163,7 +163,8 @@ def test_metadistil_run_with_extra_teacher_warmup_noise_survives_a_kill(tmp_path
 
     store = tmp_path / "store"
     sets = ["--set", "metadistil.quiz_size=12", "--set", "metadistil.quiz_batch_size=6", "--set",
-            "metadistil.warmup_epochs=1", "--set", "metadistil.noise_p=0.2", "--set", "metadistil.teacher_lr=1e-3"]
+            "metadistil.warmup_epochs=1", "--set", "metadistil.noise_p=0.2", "--set", "metadistil.teacher_lr=1e-3", "--set", "metadistil.teacher_dev_texts=8",
+            "--weak-teacher-margin", "none"]
     teachers = [tiny_teachers[0], tiny_teachers[0]]
 
     def args(out):
@@ -200,6 +201,7 @@ def test_metadistil_run_with_extra_teacher_warmup_noise_survives_a_kill(tmp_path
     assert len(a["epochs"]) == 3  # 1 warm-up + 2 distillation epochs
     assert a["test"] == b["test"] and [e["loss"] for e in a["epochs"]] == [e["loss"] for e in b["epochs"]]
     assert a["epochs"][0]["components"].keys() == {"task"} and "quiz" in a["epochs"][1]["components"]
+    assert a["epochs"][0]["extra"] == {} and {"teacher_0_dev_macro_f1", "teacher_1_dev_macro_f1"} <= set(a["epochs"][1]["extra"])
     assert a["quiz_texts"] == 12 and a["peak_memory_mb"] > 0
     assert a["train_texts"]["labelled"] + 12 == len(json.loads((ref / "split.json").read_text())["ids"]["train"])
     split = json.loads((ref / "split.json").read_text())
