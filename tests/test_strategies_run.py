@@ -83,7 +83,7 @@ def test_old_config_fields_migrate_into_settings():
 def test_strategies_command_lists_methods_settings_and_papers():
     res = runner.invoke(app, ["strategies"])
     assert res.exit_code == 0, res.output
-    for name in ("mtbert", "camkd", "ebkd", "aekd", "rl", "avg", "hinton", "nokd"):
+    for name in ("mtbert", "camkd", "ebkd", "aekd", "rl", "avg", "hinton", "nokd", "metadistil"):
         assert f"\n{name}\n" in "\n" + res.output
     assert "camkd.beta          default 1.0" in res.output and "one of hint | logit | none" in res.output and "eq. (5)" in res.output and "NeurIPS 2020" in res.output
     data = json.loads(runner.invoke(app, ["strategies", "--json"]).output)
