@@ -62,22 +62,27 @@ class PeakMemory:
     process, sampled every ``interval`` seconds by a daemon thread (psutil) - the process's peak *during*
     the block, not since the process started.
 
-    Usage: ``with PeakMemory(device) as pm: ...``; then ``pm.mb``.
+    ``start_mb`` is the same figure at entry: on CPU the allocator keeps what earlier work in the process
+    used, so ``mb - start_mb`` is what the block added and ``mb`` is what the process needed at most.
+
+    Usage: ``with PeakMemory(device) as pm: ...``; then ``pm.mb``, ``pm.start_mb``.
     """
 
     def __init__(self, device: str = "cpu", interval: float = 0.05):
-        self.device, self.interval, self.mb = device, interval, float("nan")
+        self.device, self.interval, self.mb, self.start_mb = device, interval, float("nan"), float("nan")
 
     def __enter__(self):
         import threading
 
         if self.device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 1e6
             return self
         import psutil
 
         proc, self._stop = psutil.Process(), threading.Event()
         self._peak = proc.memory_info().rss
+        self.start_mb = self._peak / 1e6
 
         def sample():
             while not self._stop.wait(self.interval):

@@ -390,7 +390,7 @@ def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, 
                                                           cfg.eval_batch_size, precision, f"eval {part}"), y[part], C)
               for part in ("dev", "test")},
            "epochs": [vars(e) for e in result.logs], "train_seconds": train_s, "params": count_params(student),
-           "peak_memory_mb": round(peak.mb, 1), "quiz_texts": quiz_n,
+           "peak_memory_mb": round(peak.mb, 1), "memory_at_start_mb": round(peak.start_mb, 1), "quiz_texts": quiz_n,
            "teacher_signal": provider.mode if strategy.needs.teachers else "none",
            "train_texts": {"labelled": len(P.split.train) - quiz_n, "transfer": len(rows) - len(P.split.train) + quiz_n},
            "teacher_weights": teacher_weight_summary(expand_weights(result.weights.per_text(),

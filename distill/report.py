@@ -52,6 +52,8 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         summary[strat]["samples_per_s"] = mean_std([e["samples_per_s"] for e in ep])
         peaks = [r["peak_memory_mb"] for r in rs if r.get("peak_memory_mb") is not None]
         summary[strat]["peak_memory_mb"] = max(peaks) if peaks else None
+        added = [r["peak_memory_mb"] - r["memory_at_start_mb"] for r in rs if r.get("memory_at_start_mb") is not None]
+        summary[strat]["added_memory_mb"] = max(added) if added else None
         last = [r["epochs"][-1].get("components", {}) for r in rs if r["epochs"]]
         summary[strat]["final_epoch_components"] = {k: float(np.mean([c[k] for c in last if k in c]))
                                                     for k in (last[0] if last else {})}
@@ -197,16 +199,19 @@ def render_markdown(r: dict) -> str:
         for ep in tt["epochs"]:
             L.append(f"| {ep['epoch']} | {ep['seconds']:.1f} | {ep['samples_per_s']:.1f} | {ep['loss']:.4f} |")
         L.append("")
-    L.append("| student strategy | epoch time (s) | samples/s | peak memory (MB) | final-epoch loss components "
-             "(mean over seeds) |")
-    L.append("|---|---:|---:|---:|---|")
+    L.append("| student strategy | epoch time (s) | samples/s | peak memory (MB) | added by the phase (MB) | "
+             "final-epoch loss components (mean over seeds) |")
+    L.append("|---|---:|---:|---:|---:|---|")
     for name, s in r["strategies"].items():
         comps = ", ".join(f"{k} {v:.4f}" for k, v in (s.get("final_epoch_components") or {}).items())
         peak = f"{s['peak_memory_mb']:.0f}" if s.get("peak_memory_mb") else "-"
-        L.append(f"| {name} | {_pm(s['epoch_seconds'], 1)} | {_pm(s['samples_per_s'], 1)} | {peak} | {comps or '-'} |")
+        added = f"{s['added_memory_mb']:.0f}" if s.get("added_memory_mb") is not None else "-"
+        L.append(f"| {name} | {_pm(s['epoch_seconds'], 1)} | {_pm(s['samples_per_s'], 1)} | {peak} | {added} | "
+                 f"{comps or '-'} |")
     L.append("")
     L.append("Peak memory: the process's peak resident set during that student's training (CPU; it includes the "
-             "loaded teachers and data), or the peak CUDA allocation on a GPU; the maximum over seeds.")
+             "loaded teachers and data, and what earlier phases left in the allocator), or the peak CUDA "
+             "allocation on a GPU; \"added\" is the peak less the figure when the phase started. Maxima over seeds.")
     L.append("")
     ca = r["cache"]
     L.append(f"Teacher-output cache: {ca['mode']} (estimated {ca['estimated_mb']:.1f} MB for the training split, "
