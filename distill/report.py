@@ -178,7 +178,7 @@ def render_markdown(r: dict) -> str:
     tt = r["teacher_training"]
     L.append(f"- Teachers: {'co-finetuned jointly through one shared attentive-pooling + prediction head (MT-BERT §2.1)' if tt['mode'] == 'joint' else 'finetuned independently (own heads)'}; "
              f"teachers with hidden size != {cfg['head_dim'] or 'the smallest'} use a per-teacher linear projection "
-             f"before the shared head; top {tt['train_layers'] or 'all'} layers trainable; "
+             f"before the shared head; {'top ' + str(tt['train_layers']) if tt['train_layers'] else 'all'} layers trainable; "
              f"{'reused from the teacher store' if tt.get('reused') else 'trained in this run'}.")
     for name, s in r["strategies"].items():
         L.append(f"- `{name}`: {s['description']} (teacher signal: {s['teacher_signal']}).")

@@ -209,8 +209,8 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
     resume = load_checkpoint(ckpt) if ckpt.is_file() else None
     if resume is not None:
         log.info("resuming teacher co-finetuning after epoch %d", len(resume["logs"]))
-    log.info("co-finetuning %d teacher(s) (%s, top %s layers trainable) on %d examples, %d epoch(s)",
-             len(teachers), cfg.teacher_mode, cfg.teacher_train_layers or "all", len(P.split.train), cfg.teacher_epochs)
+    log.info("co-finetuning %d teacher(s) (%s, %s layers trainable) on %d examples, %d epoch(s)",
+             len(teachers), cfg.teacher_mode, f"top {cfg.teacher_train_layers}" if cfg.teacher_train_layers else "all", len(P.split.train), cfg.teacher_epochs)
     t0 = time.perf_counter()
     logs, best_epoch = [], None
     for t in teachers:
