@@ -339,7 +339,7 @@ class MetaDistil(DistillStrategy):
         s = self.settings
         extra = [f"warm-up {s.warmup_epochs} epoch(s)"] if s.warmup_epochs else []
         extra += [f"noise p={s.noise_p}"] if s.noise_p else []
-        who = (f"teacher {s.teacher} ({self.teachers[s.teacher].name}) meta-updated" if s.teacher is not None
+        who = (f"--teacher {s.teacher} only, meta-updated" if s.teacher is not None
                else f"{len(self.teachers)} meta-updated teacher(s) (logits averaged)")
         return (f"MetaDistil ({s.meta_grad} meta-gradient), {who}, T={s.temperature}, alpha={s.alpha}, teacher lr {s.teacher_lr}, quiz "
                 f"{s.quiz_size} texts x {s.quiz_batch_size} per step" + (", " + ", ".join(extra) if extra else ""))
