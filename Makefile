@@ -56,7 +56,7 @@ agnews-transfer: install
 MD = --data ../shared/data/ag_news/test.csv --train-cap 1000 --max-length 64 --repeats 3 --student-batch-size 32 \
 	--teacher sentence-transformers/all-MiniLM-L6-v2 --teacher sentence-transformers/all-MiniLM-L6-v2 \
 	--teacher-mode independent --teacher-epochs 3 --teacher-train-layers 0 --strategy metadistil
-MD_TEACHER ?= 1
+MD_TEACHER ?= 0
 metadistil-ag: install
 	$(BIN)/distill run $(MD) --baselines hinton,nokd --out runs/ag-meta $(if $(wildcard runs/ag-meta/state.json),--resume,)
 	$(BIN)/distill run $(MD) --baselines mtbert --set metadistil.teacher=$(MD_TEACHER) --out runs/ag-meta-1t $(if $(wildcard runs/ag-meta-1t/state.json),--resume,)
