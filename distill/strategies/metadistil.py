@@ -121,7 +121,9 @@ def inject_noise(ids: torch.Tensor, mask: torch.Tensor, p: float, vocab_size: in
     special = torch.tensor(sorted(set(special_ids)), device=ids.device, dtype=ids.dtype)
     eligible = mask.bool() & ~torch.isin(ids, special)
     hit = (torch.rand(ids.shape, generator=generator, device="cpu") < p).to(ids.device) & eligible
-    allowed = torch.tensor([i for i in range(vocab_size) if i not in set(special_ids)], device=ids.device)
+    keep = torch.ones(vocab_size, dtype=torch.bool)
+    keep[[i for i in special_ids if i < vocab_size]] = False
+    allowed = keep.nonzero().squeeze(1).to(ids.device)
     draw = allowed[torch.randint(len(allowed), ids.shape, generator=generator, device="cpu").to(ids.device)]
     return torch.where(hit, draw, ids)
 
@@ -180,6 +182,7 @@ class MetaDistil(DistillStrategy):
         self.teacher_toks, self.student_tok = teacher_toks, student_tok
         self.quiz_rows, self.dev_rows, self.labels = list(quiz_rows), list(dev_rows or []), labels
         self.quiz_labels = torch.tensor([labels[r] for r in quiz_rows])
+        self.quiz_pos = {r: k for k, r in enumerate(self.quiz_rows)}  # dataset row -> position in the quiz set
         tk = student_tok.tokenizer
         self.vocab_size = len(tk)
         self.special_ids = list(tk.all_special_ids)
@@ -305,13 +308,6 @@ class MetaDistil(DistillStrategy):
         w = torch.zeros(B, self.n_slots)
         w[:, self.slots] = 1.0 / len(self.slots)
         return w
-
-    @property
-    def quiz_pos(self) -> dict[int, int]:
-        """Dataset row -> position in the quiz set."""
-        if getattr(self, "_quiz_pos", None) is None or len(self._quiz_pos) != len(self.quiz_rows):
-            self._quiz_pos = {r: k for k, r in enumerate(self.quiz_rows)}
-        return self._quiz_pos
 
     def on_epoch_end(self, ctx: StepContext) -> dict | None:
         """The meta-updated teachers' macro-F1 (%) on a fixed sample of ``teacher_dev_texts`` dev texts
