@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed as D
 from .device import autocast_ctx
 from .modeling import masked_mean
 from .integrity import tensor_digest
@@ -47,6 +48,9 @@ def teacher_outputs(teacher, tok: Tokenized, rows: list[int], layer_ids: list[in
         ``{"logits": (n, C) float32, "pooled": (n, d_c) float32, "layers": [K tensors]}``; each
         layer tensor is (n, max_length, d_i) float16 token states (``token_level``) or (n, d_i)
         float32 masked-mean pooled states; ``layers`` is empty when ``layer_ids`` is None.
+
+    Under a launcher the ranks compute the batches in turn and gather them (every rank calls this and
+    gets all rows; each batch is the one a single process computes, so the values are the same).
     """
     teacher.eval()
     n, C = len(rows), teacher.head.classifier.out_features
@@ -57,19 +61,23 @@ def teacher_outputs(teacher, tok: Tokenized, rows: list[int], layer_ids: list[in
         d = teacher.hidden_size
         layers.append(torch.zeros((n, tok.max_length, d), dtype=torch.float16) if token_level
                       else torch.zeros((n, d), dtype=torch.float32))
-    for b in progress(length_sorted_batches(tok.lengths(rows), batch_size), desc):
+    batches = length_sorted_batches(tok.lengths(rows), batch_size)
+    mine = {}
+    for k, b in progress(D.my_batches(batches), desc):
         ids, mask = tok.batch([rows[i] for i in b], device)
         with autocast_ctx(device, precision):
             out = teacher(ids, mask, output_hidden_states=bool(layer_ids))
+        states = [out.hidden_states[lj] for lj in layer_ids or []]
+        mine[k] = (out.logits.float().cpu(), out.pooled.float().cpu(),
+                   [h.to(torch.float16).cpu() if token_level else masked_mean(h.float(), mask).cpu() for h in states])
+    for b, (lg, pl, hs) in zip(batches, D.gather_batches(mine, len(batches))):
         idx = torch.tensor(b)
-        logits[idx] = out.logits.float().cpu()
-        pooled[idx] = out.pooled.float().cpu()
-        for k, lj in enumerate(layer_ids or []):
-            h = out.hidden_states[lj]
+        logits[idx], pooled[idx] = lg, pl
+        for k, h in enumerate(hs):
             if token_level:
-                layers[k][idx, : h.shape[1]] = h.to(torch.float16).cpu()
+                layers[k][idx, : h.shape[1]] = h
             else:
-                layers[k][idx] = masked_mean(h.float(), mask).cpu()
+                layers[k][idx] = h
     return {"logits": logits, "pooled": pooled, "layers": layers}
 
 
@@ -202,6 +210,13 @@ def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_
             path = store / f"outputs-{key}.safetensors"
             log.info("loading cached teacher outputs from %s", path.name)
             break
+    if D.world().size > 1:  # rank 0 decides; a rank that cannot see its file (another node) gets its tensors
+        missing = D.all_gather(flat is None)
+        if missing[0]:
+            flat = None
+        elif any(missing):
+            flat = D.broadcast(flat)
+        path = D.broadcast(path)
     reused = flat is not None
     if flat is None:
         key = _key(*args, needs_layers and use_cache, use_cache, split.dev, split.test, transfer_key)
@@ -219,9 +234,11 @@ def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_
                 for k, h in enumerate(o["layers"]):
                     flat[f"t{i}.train.layer{k}"] = h.contiguous()
             log.info("teacher %d outputs computed", i)
-        with atomic_path(path) as tmp:
-            save_file(flat, str(tmp), metadata={"schema": str(SCHEMA_VERSION), "format": "distill-teacher-outputs",
-                                                "teachers": json.dumps(len(teachers)), "digest": tensor_digest(flat)})
+        if D.world().main:  # every rank holds the gathered outputs; one writes them
+            with atomic_path(path) as tmp:
+                save_file(flat, str(tmp), metadata={"schema": str(SCHEMA_VERSION), "format": "distill-teacher-outputs",
+                                                    "teachers": json.dumps(len(teachers)), "digest": tensor_digest(flat)})
+        D.barrier()
     per = []
     for i in range(len(teachers)):
         d = {part: flat[f"t{i}.{part}.logits"].numpy() for part in ("dev", "test")}
@@ -229,5 +246,5 @@ def load_or_build(store: Path, teachers, toks, split, K: int, layer_maps, token_
             d["logits"], d["pooled"] = flat[f"t{i}.train.logits"], flat[f"t{i}.train.pooled"]
             d["layers"] = [flat[f"t{i}.train.layer{k}"] for k in range(K) if f"t{i}.train.layer{k}" in flat]
         per.append(d)
-    return per, {"reused": reused, "file_mb": round(path.stat().st_size / 1e6, 1), "schema": SCHEMA_VERSION,
-                 "file": path.name}
+    size = path.stat().st_size if path.is_file() else sum(t.numel() * t.element_size() for t in flat.values())
+    return per, {"reused": reused, "file_mb": round(size / 1e6, 1), "schema": SCHEMA_VERSION, "file": path.name}

@@ -97,8 +97,16 @@ def run(
                                                                          "allow_drift", "verbose"))
     # options a resumed run takes from the command line (or the job file) instead of its saved config
     resume_changes = {"repeats"} & given
+    from . import distributed
+
     try:
-        run_dir = run_job(cfg, resume=resume, overwrite=overwrite, verbose=verbose, resume_changes=resume_changes)
+        try:
+            run_dir = run_job(cfg, resume=resume, overwrite=overwrite, verbose=verbose, resume_changes=resume_changes)
+        finally:
+            main = distributed.world().main
+            distributed.shutdown()
+        if not main:  # under a launcher rank 0 exports and reports
+            return
         ok = True
         if export:
             from export.onnx_export import export_run

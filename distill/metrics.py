@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import distributed as D
 from .device import autocast_ctx
 from .tokens import Tokenized, length_sorted_batches, progress
 
@@ -14,14 +15,19 @@ def predict_logits(model, tok: Tokenized, rows: list[int], device: str, batch_si
                    precision: str = "fp32", desc: str = "predict") -> np.ndarray:
     """Logits (len(rows), C) float32 of an :class:`~distill.modeling.EncoderClassifier` on dataset ``rows``.
 
-    Rows are batched by length (dynamic padding); the model is put in eval mode.
+    Rows are batched by length (dynamic padding); the model is put in eval mode. Under a launcher the
+    batches are shared out among the ranks and gathered (:mod:`distill.distributed`): every rank must
+    call it, and every rank gets the logits of all rows, each computed in the batch one process uses.
     """
     model.eval()
     out = [None] * len(rows)
-    for b in progress(length_sorted_batches(tok.lengths(rows), batch_size), desc):
+    batches = length_sorted_batches(tok.lengths(rows), batch_size)
+    mine = {}
+    for k, b in progress(D.my_batches(batches), desc):
         ids, mask = tok.batch([rows[i] for i in b], device)
         with autocast_ctx(device, precision):
-            logits = model(ids, mask).logits.float().cpu().numpy()
+            mine[k] = model(ids, mask).logits.float().cpu().numpy()
+    for b, logits in zip(batches, D.gather_batches(mine, len(batches))):
         for k, i in enumerate(b):
             out[i] = logits[k]
     return np.stack(out) if out else np.zeros((0, model.head.classifier.out_features), np.float32)

@@ -56,6 +56,14 @@ class AttentivePooling(nn.Module):
         return torch.bmm(alpha.unsqueeze(1), h).squeeze(1)
 
 
+def head_dropout(config) -> float:
+    """Dropout probability of a classification head on an encoder with this config: the encoder's own
+    ``hidden_dropout_prob`` (0.1 for BERT, MiniLM, MPNet, RoBERTa), so a model configured without dropout
+    (e.g. for a determinism test) has none anywhere; 0.1 when the config has no such field."""
+    p = getattr(config, "hidden_dropout_prob", None)
+    return 0.1 if p is None else float(p)
+
+
 class ClassificationHead(nn.Module):
     """Pooling + dropout + linear prediction layer; shared by all teachers in co-finetuning.
 

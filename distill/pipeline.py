@@ -24,22 +24,19 @@ from pathlib import Path
 import torch
 
 from . import cache as teacher_cache
+from . import distributed as D
 from .config import RunConfig
 from .data import TextDataset, load_dataset
-from .device import PeakMemory, resolve_device, resolve_precision
+from .device import resolve_device, resolve_precision
 from .errors import DistillError
-from .guards import choose_student, expand_weights, select_teachers
+from .guards import choose_student, select_teachers
 from .hub import check_safetensors, is_encoder, resolve_model
-from .integrity import CorruptArtifact, verify_checksums
-from .metrics import classification_metrics, predict_logits
-from .modeling import count_params, layer_map, save_classifier, weights_size_mb
+from .modeling import layer_map
 from .report import build_report, render_markdown
-from .runio import (RunState, atomic_dir, atomic_write_json, atomic_write_text, check_writable, link_or_copy_tree,
-                    load_checkpoint, save_checkpoint, sweep_partials)
+from .runio import (RunState, atomic_write_json, atomic_write_text, check_writable, link_or_copy_tree, sweep_partials)
 from .split import stratified_split
 from .strategies import build_strategy
-from .students import (Evaluator, attach_teachers, build_student, fit_settings, quiz_rows, save_updated_teachers, specs,
-                       teacher_weight_summary, train_student)
+from .students import quiz_rows, specs, student_phase
 from .teachers import get_teachers, teacher_fingerprint, teacher_outputs_phase, teacher_report, teacher_store_root
 from .tokens import Tokenized, same_tokenization
 from .transfer import TransferSet, build_transfer, masked_labels
@@ -47,15 +44,16 @@ from .transfer import TransferSet, build_transfer, masked_labels
 log = logging.getLogger("distill")
 
 
-def setup_logging(run_dir: Path | None = None, verbose: bool = False) -> None:
-    """Concise console log; full log in ``run_dir/log.txt``."""
+def setup_logging(run_dir: Path | None = None, verbose: bool = False, rank: int = 0) -> None:
+    """Concise console log; full log in ``run_dir/log.txt``. Ranks other than 0 of a launched job log
+    warnings and errors only, prefixed with their rank."""
     root = logging.getLogger("distill")
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING)
     for h in list(root.handlers):
         root.removeHandler(h)
         h.close()
     ch = logging.StreamHandler()
-    ch.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ch.setFormatter(logging.Formatter(("%(asctime)s " + (f"[rank {rank}] " if rank else "")) + "%(message)s", "%H:%M:%S"))
     root.addHandler(ch)
     if run_dir is not None:
         fh = logging.FileHandler(run_dir / "log.txt")
@@ -197,6 +195,12 @@ def prepare(cfg: RunConfig) -> Prepared:
                            f"(hidden-state loss), which a TextCNN has none of. Use --strategy camkd (paper 003), avg, "
                            f"hinton, ebkd, aekd or rl, or turn the layer loss off (--set mtbert.w_hid=0).")
     P.needs_layers = bool(layered)
+    if D.world().size > 1:
+        solo = [s for s in cfg.strategies if not build_strategy(s, cfg.strategy_settings(s), tspecs, sspec).distributed]
+        if solo:
+            raise DistillError(f"strategy {solo[0]!r} owns its training step (a second optimiser / policy update) and "
+                               f"does not run under a launcher (world size {D.world().size}); run it as one process, "
+                               "or leave it out of --strategy/--baselines.")
     return P
 
 
@@ -212,9 +216,66 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
     and the fields named in ``resume_changes`` (a subset of :data:`RESUMABLE_CHANGES`): a larger
     ``repeats`` trains the extra seeds, a smaller one reports the first seeds only.
 
+    Under ``torchrun`` / ``accelerate launch`` every rank runs this; rank 0 alone checks and writes the
+    run folder (:mod:`distill.distributed`). The caller ends the process group (``distributed.shutdown``).
+
     Raises:
         DistillError: bad input or settings (before any long work), or an existing run folder
             without ``--resume``/``--overwrite``.
+    """
+    W = D.init(resolve_device(cfg.device))
+    run_dir, err, fresh = Path(cfg.out), None, False
+    if W.main:
+        try:
+            cfg, fresh = open_run_folder(cfg, resume, overwrite, resume_changes)
+        except DistillError as e:
+            err = e
+    if W.size > 1:  # every rank continues with rank 0's (possibly saved) config, or fails with its error
+        msg, cfg_d = D.broadcast((str(err) if err else None, cfg.to_dict()))
+        if msg and err is None:
+            err = DistillError(msg)
+        cfg = RunConfig.from_dict(cfg_d)
+    if err is not None:
+        raise err
+    setup_logging(run_dir if W.main else None, verbose, W.rank)
+    if W.main:
+        for line in sweep_partials(run_dir):
+            log.warning("resume: %s (left by a killed run)", line)
+    D.barrier()  # the folder is ready before any rank reads it
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = D.local_device(resolve_device(cfg.device))
+    precision = resolve_precision(device, cfg.precision)
+    state = RunState(run_dir)
+    timer = Timer(state.get("timer") or {})
+    t_start = time.perf_counter()
+
+    try:
+        with timer("prepare"):
+            P = prepare(cfg)
+    except DistillError:
+        if fresh:  # nothing worth keeping: the corrected rerun must not find "a run" here
+            setup_logging(None, verbose)
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    if W.main:
+        write_run_metadata(cfg, P, run_dir)
+    log.info("data: %s, %d rows, %d classes; split %s (seed %d)", P.ds.source, len(P.ds), len(P.ds.label_names),
+             P.split.sizes(), cfg.seed)
+    if P.transfer.rows:
+        log.info("transfer set: %d unlabelled texts (%d from the training part, %d from %s)", len(P.transfer.rows),
+                 P.transfer.from_train, P.transfer.from_file, P.transfer.source)
+    log.info("device %s, precision %s, %d threads%s", device, precision, torch.get_num_threads(),
+             f"; {W.size} processes ({W.backend})" if W.size > 1 else "")
+    return _train_and_report(cfg, P, run_dir, state, timer, t_start, device, precision)
+
+
+def open_run_folder(cfg: RunConfig, resume: bool, overwrite: bool, resume_changes) -> tuple[RunConfig, bool]:
+    """Check and create the run folder (rank 0): ``--resume`` takes the saved config (see :func:`run`),
+    ``--overwrite`` empties the folder. Returns ``(config to run, whether the folder was new)``.
+
+    Raises:
+        DistillError: the folder is not writable, or holds a run and neither flag was given.
     """
     run_dir = Path(cfg.out)
     check_writable(run_dir)
@@ -237,26 +298,13 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
                                "--overwrite to replace it, or choose another --out.")
     fresh = not run_dir.exists() or not any(run_dir.iterdir())
     run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir, verbose)
-    for line in sweep_partials(run_dir):
-        log.warning("resume: %s (left by a killed run)", line)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(device, cfg.precision)
-    state = RunState(run_dir)
-    timer = Timer(state.get("timer") or {})
-    t_start = time.perf_counter()
+    return cfg, fresh
 
-    try:
-        with timer("prepare"):
-            P = prepare(cfg)
-    except DistillError:
-        if fresh:  # nothing worth keeping: the corrected rerun must not find "a run" here
-            setup_logging(None, verbose)
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    atomic_write_json(saved, cfg.to_dict())
+
+def write_run_metadata(cfg: RunConfig, P: Prepared, run_dir: Path) -> None:
+    """``config.json``, ``split.json`` (sizes, class counts, ids of every part, transfer and quiz sets)
+    and ``labels.json`` (rank 0)."""
+    atomic_write_json(run_dir / "config.json", cfg.to_dict())
     atomic_write_json(run_dir / "split.json", {
         "seed": cfg.seed, "fractions": P.split.fractions, "train_cap": cfg.train_cap, "sizes": P.split.sizes(),
         "source": P.ds.source, "label_names": P.ds.label_names,
@@ -265,28 +313,28 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
         "transfer": dict(P.transfer.describe(), ids=[P.ds.ids[i] for i in P.transfer.rows]),
         **({"quiz": {"size": len(P.quiz), "ids": [P.ds.ids[i] for i in P.quiz]}} if P.quiz else {})})
     atomic_write_json(run_dir / "labels.json", {"label_names": P.ds.label_names})
-    log.info("data: %s, %d rows, %d classes; split %s (seed %d)", P.ds.source, len(P.ds), len(P.ds.label_names),
-             P.split.sizes(), cfg.seed)
-    if P.transfer.rows:
-        log.info("transfer set: %d unlabelled texts (%d from the training part, %d from %s)", len(P.transfer.rows),
-                 P.transfer.from_train, P.transfer.from_file, P.transfer.source)
-    log.info("device %s, precision %s, %d threads", device, precision, torch.get_num_threads())
 
+
+def _train_and_report(cfg: RunConfig, P: Prepared, run_dir: Path, state: RunState, timer: Timer, t_start: float,
+                      device: str, precision: str) -> Path:
+    """Phases 2-5 of :func:`run` (teachers, teacher outputs, students, report)."""
+    W = D.world()
     with timer("tokenize"):
         toks = [Tokenized(t, P.ds.texts, cfg.max_length) for t in P.teacher_toks]
         stok = student_tokenization(P, toks, cfg.max_length)
 
     store = teacher_store_root(cfg.teacher_store, run_dir)
     log.info("teacher store: %s", store)
-    for line in sweep_partials(store):
+    for line in sweep_partials(store) if W.main else []:
         log.warning("teacher store: %s (left by a killed run)", line)
     store = store / teacher_fingerprint(cfg, P)  # created by its first file (no empty entry after a kill)
     teachers, teacher_rec = get_teachers(cfg, P, toks, store, device, precision)
     if not teacher_rec.get("reused"):
         timer.times["teachers_finetune"] = teacher_rec["seconds"]
     state.mark("teachers", str(store))
-    for i in range(len(teachers)):
+    for i in range(len(teachers)) if W.main else []:
         link_or_copy_tree(store / f"teacher_{i}", run_dir / "teachers" / f"teacher_{i}")
+    D.barrier()  # the run folder's teachers exist before any rank reports their size
 
     t0 = time.perf_counter()
     outs, cache_info = teacher_outputs_phase(cfg, P, teachers, toks, store, P.needs_layers, device, precision)
@@ -318,6 +366,9 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
             results[strat].append(student_phase(cfg, P, strat, seed, teachers, toks, tspecs, sspec, stok, provider,
                                                 state, run_dir, device, precision))
     timer.times["students"] = sum(r["train_seconds"] for rs in results.values() for r in rs)
+    if not W.main:  # rank 0 chooses the student and writes the report
+        D.barrier()
+        return run_dir
 
     # the run's student: the best dev seed of the main strategy, or of nokd when KD did not pay on dev
     chosen, P.student_note = choose_student({k: [r["dev"]["macro_f1"] for r in v] for k, v in results.items()},
@@ -337,6 +388,7 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
     atomic_write_text(run_dir / "report.md", render_markdown(report))
     state.mark("report")
     log.info("run folder: %s (report.md)", run_dir)
+    D.barrier()
     return run_dir
 
 
@@ -344,73 +396,3 @@ def student_tokenization(P: Prepared, toks: list[Tokenized], max_length: int) ->
     """The student's tokenisation (shared with the teacher whose tokenizer it uses)."""
     return next((toks[i] for i, t in enumerate(P.teacher_toks) if t is P.student_tok), None) \
         or Tokenized(P.student_tok, P.ds.texts, max_length)
-
-
-def student_phase(cfg: RunConfig, P: Prepared, strat: str, seed: int, teachers, toks, tspecs, sspec, stok, provider,
-                  state: RunState, run_dir: Path, device: str, precision: str) -> dict:
-    """Phase ``student/<strategy>/seed<k>``: train (or resume) one student, evaluate it on dev and
-    test, save the main strategy's model, and record ``students/<strategy>-seed<k>/metrics.json``."""
-    phase = f"student/{strat}/seed{seed}"
-    sdir = run_dir / "students" / f"{strat}-seed{seed}"
-    if state.done(phase):
-        res = state.get(phase)
-        try:
-            if "model_dir" in res:
-                verify_checksums(run_dir / res["model_dir"], "")
-            return res
-        except CorruptArtifact as e:
-            log.warning("%s: the saved student is damaged (%s: %s); training this seed again", phase, e.path, e.problem)
-    C = len(P.ds.label_names)
-    # the strategy's own modules (projections, policies) start from the seed, not from whatever the
-    # process did before: a resumed run builds them after other phases were skipped
-    torch.manual_seed(seed)
-    strategy = build_strategy(strat, cfg.strategy_settings(strat), tspecs, sspec)
-    # strategies that learn from teachers also train on the transfer set (task loss on labelled rows only)
-    rows = P.split.train + (P.transfer.rows if strategy.needs.teachers else [])
-    rows = attach_teachers(strategy, P, teachers, toks, stok, rows)  # MetaDistil: live teachers, quiz held out
-    student = build_student(cfg, P, teachers, seed, stok)
-    ckpt = run_dir / "checkpoints" / f"{strat}-seed{seed}.ckpt"
-    resume_state = load_checkpoint(ckpt) if ckpt.is_file() else None
-    if resume_state is not None:
-        log.info("resuming %s after epoch %d", phase, len(resume_state["logs"]))
-    evaluate = Evaluator(student, stok, P.ds.labels, {"dev": P.split.dev}, C, device, cfg.eval_batch_size,
-                              precision)
-    t0 = time.perf_counter()
-    with PeakMemory(device) as peak:
-        result = train_student(student, strategy, stok, P.train_labels, rows, provider,
-                               strategy.adjust_fit(fit_settings(cfg, seed)), device=device, precision=precision,
-                               evaluate=evaluate, checkpoint=lambda st: save_checkpoint(ckpt, st),
-                               resume_state=resume_state)
-    train_s = time.perf_counter() - t0
-    y = {part: [P.ds.labels[i] for i in getattr(P.split, part)] for part in ("dev", "test")}
-    quiz_n = len(P.quiz) if strategy.teacher_updatable else 0  # training texts held out as its quiz set
-    res = {"strategy": strat, "seed": seed, "description": strategy.describe(), "paper": strategy.paper,
-           "settings": strategy.settings.model_dump(),
-           **{part: classification_metrics(predict_logits(student, stok, getattr(P.split, part), device,
-                                                          cfg.eval_batch_size, precision, f"eval {part}"), y[part], C)
-              for part in ("dev", "test")},
-           "epochs": [vars(e) for e in result.logs], "train_seconds": train_s, "params": count_params(student),
-           "peak_memory_mb": round(peak.mb, 1), "memory_at_start_mb": round(peak.start_mb, 1), "quiz_texts": quiz_n,
-           "teacher_signal": "meta-updated copies" if strategy.teacher_updatable
-           else provider.mode if strategy.needs.teachers else "none",
-           "train_texts": {"labelled": len(P.split.train) - quiz_n, "transfer": len(rows) - len(P.split.train) + quiz_n},
-           "teacher_weights": teacher_weight_summary(expand_weights(result.weights.per_text(),
-                                                                    P.teacher_selection.active, len(cfg.teachers)),
-                                                     [P.train_labels[r] for r in rows], P.ds.label_names,
-                                                     cfg.teachers)}
-    if strategy.teacher_updatable:  # the meta-updated teachers: in the run folder, never in the teacher store
-        res["updated_teachers"] = [str(Path(d).relative_to(run_dir))
-                                   for d in save_updated_teachers(strategy, P, cfg, sdir / "teachers")]
-    if strat in (cfg.strategy, "nokd"):  # nokd too: the run's student when KD does not pay on dev
-        with atomic_dir(sdir / "model") as tmp:
-            save_classifier(student, P.student_tok, tmp, {
-                "label_names": P.ds.label_names, "max_length": cfg.max_length, "role": "student",
-                "strategy": strat, "seed": seed, "source": P.student_source})
-        res["file_mb"] = round(weights_size_mb(sdir / "model"), 2)
-        res["model_dir"] = str((sdir / "model").relative_to(run_dir))
-    atomic_write_json(sdir / "metrics.json", res)
-    state.mark(phase, res)
-    ckpt.unlink(missing_ok=True)
-    log.info("%s seed %d: test acc %.2f macro-F1 %.2f (%.0f s)", strat, seed, res["test"]["accuracy"],
-             res["test"]["macro_f1"], train_s)
-    return res

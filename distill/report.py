@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from . import distributed as D
 from .device import cpu_model
 from .guards import teacher_warnings
 
@@ -50,6 +51,8 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         ep = [e for r in rs for e in r["epochs"]]
         summary[strat]["epoch_seconds"] = mean_std([e["seconds"] for e in ep])
         summary[strat]["samples_per_s"] = mean_std([e["samples_per_s"] for e in ep])
+        per_rank = [e["rank_samples_per_s"] for e in ep if e.get("rank_samples_per_s")]
+        summary[strat]["rank_samples_per_s"] = [round(float(v), 1) for v in np.mean(per_rank, 0)] if per_rank else None
         peaks = [r["peak_memory_mb"] for r in rs if r.get("peak_memory_mb") is not None]
         summary[strat]["peak_memory_mb"] = max(peaks) if peaks else None
         added = [r["peak_memory_mb"] - r["memory_at_start_mb"] for r in rs if r.get("memory_at_start_mb") is not None]
@@ -93,11 +96,21 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         "runs": results,
         "cache": cache_info,
         "times_s": times,
+        "parallel": parallel_record(cfg),
         "system": {"device": device, "precision": precision, "threads": torch.get_num_threads(), "cpu": cpu_model(),
                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
                    "torch": torch.__version__, "transformers": transformers.__version__,
                    "python": platform.python_version()},
     }
+
+
+def parallel_record(cfg) -> dict:
+    """World size, backend, nodes, and the per-rank and global batch sizes of the teachers and students
+    (rows per optimisation step; the global batch is per rank x world size)."""
+    w = D.world()
+    return {**w.describe(), "rank": w.rank,
+            "student_batch_per_rank": cfg.student_batch_size, "student_global_batch": cfg.student_batch_size * w.size,
+            "teacher_batch_per_rank": cfg.teacher_batch_size, "teacher_global_batch": cfg.teacher_batch_size * w.size}
 
 
 def _pm(d: dict, digits: int = 2) -> str:
@@ -209,6 +222,17 @@ def render_markdown(r: dict) -> str:
         L.append(f"| {name} | {_pm(s['epoch_seconds'], 1)} | {_pm(s['samples_per_s'], 1)} | {peak} | {added} | "
                  f"{comps or '-'} |")
     L.append("")
+    par = r.get("parallel") or {}
+    if par.get("world_size", 1) > 1:
+        L.append(f"**{par['world_size']} processes** ({par['backend']}, {par['nodes']} node(s)): batch "
+                 f"{par['student_batch_per_rank']} per rank, global {par['student_global_batch']} (students); "
+                 f"{par['teacher_batch_per_rank']} per rank, global {par['teacher_global_batch']} (teachers). "
+                 "samples/s above are all ranks together; per rank (mean over epochs and seeds):\n")
+        L.append("| student strategy | " + " | ".join(f"rank {k} samples/s" for k in range(par["world_size"])) + " |")
+        L.append("|---|" + "---:|" * par["world_size"])
+        for name, s in r["strategies"].items():
+            L.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in s.get("rank_samples_per_s") or []) + " |")
+        L.append("")
     L.append("Peak memory: the process's peak resident set during that student's training (CPU; it includes the "
              "loaded teachers and data, and what earlier phases left in the allocator), or the peak CUDA "
              "allocation on a GPU; \"added\" is the peak less the figure when the phase started. Maxima over seeds.")

@@ -134,8 +134,12 @@ class RunState:
         return self.data["done"].get(phase)
 
     def mark(self, phase: str, result: Any = True) -> None:
+        """Record a finished phase (written by rank 0 only under a launcher)."""
+        from .distributed import world
+
         self.data["done"][phase] = result
-        atomic_write_json(self.path, self.data)
+        if world().main:
+            atomic_write_json(self.path, self.data)
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

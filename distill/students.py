@@ -1,17 +1,29 @@
-"""Students: build one, train it with a strategy through :func:`~distill.trainer.fit`, and summarise
-which teacher it listened to.
+"""Students: build one, train it with a strategy through :func:`~distill.trainer.fit` (the run's
+``student/<strategy>/seed<k>`` phase), and summarise which teacher it listened to.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from pathlib import Path
+
 import numpy as np
 import torch
 
+from . import distributed as D
+from .device import PeakMemory
+from .guards import expand_weights
+from .integrity import CorruptArtifact, verify_checksums
 from .metrics import classification_metrics, predict_logits
-from .modeling import ClassificationHead, EncoderClassifier, encoder_from_config, load_encoder
-from .strategies import DistillStrategy, StudentSpec, TeacherSpec
+from .modeling import (ClassificationHead, EncoderClassifier, count_params, encoder_from_config, head_dropout,
+                       load_encoder, save_classifier, weights_size_mb)
+from .runio import RunState, atomic_dir, atomic_write_json, load_checkpoint, save_checkpoint
+from .strategies import DistillStrategy, StudentSpec, TeacherSpec, build_strategy
 from .tokens import Tokenized
 from .trainer import FitResult, FitSettings, fit
+
+log = logging.getLogger("distill")
 
 
 def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int, stok: Tokenized | None = None):
@@ -34,7 +46,7 @@ def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int, stok: To
     else:
         enc = load_encoder(src["path"], num_layers=P.K)
     d = enc.config.hidden_size
-    head = ClassificationHead(d, len(P.ds.label_names), cfg.query_dim, pooling=cfg.pooling)
+    head = ClassificationHead(d, len(P.ds.label_names), cfg.query_dim, head_dropout(enc.config), pooling=cfg.pooling)
     if cfg.student_head_init == "shared" and cfg.teacher_mode == "joint" and d == P.head_dim:
         head.load_state_dict(teachers[0].head.state_dict())
     return EncoderClassifier(enc, head, d)
@@ -199,3 +211,74 @@ def save_updated_teachers(strategy: DistillStrategy, P, cfg, folder) -> list[str
                                                         "updated_by": strategy.name})
         out.append(str(dest))
     return out
+
+
+def student_phase(cfg, P, strat: str, seed: int, teachers, toks, tspecs, sspec, stok, provider,
+                  state: RunState, run_dir: Path, device: str, precision: str) -> dict:
+    """Phase ``student/<strategy>/seed<k>``: train (or resume) one student, evaluate it on dev and
+    test, save the main strategy's model, and record ``students/<strategy>-seed<k>/metrics.json``."""
+    phase = f"student/{strat}/seed{seed}"
+    sdir = run_dir / "students" / f"{strat}-seed{seed}"
+    if state.done(phase):
+        res = state.get(phase)
+        try:
+            if "model_dir" in res:
+                verify_checksums(run_dir / res["model_dir"], "")
+            return res
+        except CorruptArtifact as e:
+            log.warning("%s: the saved student is damaged (%s: %s); training this seed again", phase, e.path, e.problem)
+    C = len(P.ds.label_names)
+    # the strategy's own modules (projections, policies) start from the seed, not from whatever the
+    # process did before: a resumed run builds them after other phases were skipped
+    torch.manual_seed(seed)
+    strategy = build_strategy(strat, cfg.strategy_settings(strat), tspecs, sspec)
+    # strategies that learn from teachers also train on the transfer set (task loss on labelled rows only)
+    rows = P.split.train + (P.transfer.rows if strategy.needs.teachers else [])
+    rows = attach_teachers(strategy, P, teachers, toks, stok, rows)  # MetaDistil: live teachers, quiz held out
+    student = build_student(cfg, P, teachers, seed, stok)
+    ckpt = run_dir / "checkpoints" / f"{strat}-seed{seed}.ckpt"
+    resume_state = load_checkpoint(ckpt) if ckpt.is_file() else None
+    if resume_state is not None:
+        log.info("resuming %s after epoch %d", phase, len(resume_state["logs"]))
+    evaluate = Evaluator(student, stok, P.ds.labels, {"dev": P.split.dev}, C, device, cfg.eval_batch_size,
+                              precision)
+    t0 = time.perf_counter()
+    with PeakMemory(device) as peak:
+        result = train_student(student, strategy, stok, P.train_labels, rows, provider,
+                               strategy.adjust_fit(fit_settings(cfg, seed)), device=device, precision=precision,
+                               evaluate=evaluate, checkpoint=lambda st: save_checkpoint(ckpt, st),
+                               resume_state=resume_state)
+    train_s = time.perf_counter() - t0
+    y = {part: [P.ds.labels[i] for i in getattr(P.split, part)] for part in ("dev", "test")}
+    quiz_n = len(P.quiz) if strategy.teacher_updatable else 0  # training texts held out as its quiz set
+    res = {"strategy": strat, "seed": seed, "description": strategy.describe(), "paper": strategy.paper,
+           "settings": strategy.settings.model_dump(),
+           **{part: classification_metrics(predict_logits(student, stok, getattr(P.split, part), device,
+                                                          cfg.eval_batch_size, precision, f"eval {part}"), y[part], C)
+              for part in ("dev", "test")},
+           "epochs": [vars(e) for e in result.logs], "train_seconds": train_s, "params": count_params(student),
+           "peak_memory_mb": round(peak.mb, 1), "memory_at_start_mb": round(peak.start_mb, 1), "quiz_texts": quiz_n,
+           "teacher_signal": "meta-updated copies" if strategy.teacher_updatable
+           else provider.mode if strategy.needs.teachers else "none",
+           "train_texts": {"labelled": len(P.split.train) - quiz_n, "transfer": len(rows) - len(P.split.train) + quiz_n},
+           "teacher_weights": teacher_weight_summary(expand_weights(result.weights.per_text(),
+                                                                    P.teacher_selection.active, len(cfg.teachers)),
+                                                     [P.train_labels[r] for r in rows], P.ds.label_names,
+                                                     cfg.teachers)}
+    if strategy.teacher_updatable:  # the meta-updated teachers: in the run folder, never in the teacher store
+        res["updated_teachers"] = [str(Path(d).relative_to(run_dir))
+                                   for d in save_updated_teachers(strategy, P, cfg, sdir / "teachers")]
+    if strat in (cfg.strategy, "nokd") and D.world().main:  # nokd too: the run's student when KD does not pay on dev
+        with atomic_dir(sdir / "model") as tmp:
+            save_classifier(student, P.student_tok, tmp, {
+                "label_names": P.ds.label_names, "max_length": cfg.max_length, "role": "student",
+                "strategy": strat, "seed": seed, "source": P.student_source})
+        res["file_mb"] = round(weights_size_mb(sdir / "model"), 2)
+        res["model_dir"] = str((sdir / "model").relative_to(run_dir))
+    if D.world().main:
+        atomic_write_json(sdir / "metrics.json", res)
+        ckpt.unlink(missing_ok=True)
+    state.mark(phase, res)  # in memory on every rank; written by rank 0
+    log.info("%s seed %d: test acc %.2f macro-F1 %.2f (%.0f s)", strat, seed, res["test"]["accuracy"],
+             res["test"]["macro_f1"], train_s)
+    return res

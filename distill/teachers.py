@@ -20,10 +20,11 @@ import torch
 from torch import nn
 
 from . import cache as teacher_cache
+from . import distributed as D
 from .errors import DistillError
 from .metrics import classification_metrics, predict_logits, softmax_np
-from .modeling import (ClassificationHead, EncoderClassifier, count_params, load_classifier, load_encoder,
-                       save_classifier, weights_size_mb)
+from .modeling import (ClassificationHead, EncoderClassifier, count_params, head_dropout, load_classifier,
+                       load_encoder, save_classifier, weights_size_mb)
 from .runio import atomic_dir, atomic_write_json, fingerprint, load_checkpoint, save_checkpoint
 from .trainer import Batch, FitSettings, StepContext, adamw, fit
 
@@ -81,7 +82,8 @@ class CoFinetune(nn.Module):
                     (enc if n.startswith("encoder.") else head).append(p)
         return [adamw([(enc, fs.lr), (head, fs.head_lr)], fs.weight_decay, total_steps, fs.warmup)]
 
-    def training_step(self, batch: Batch, ctx: StepContext) -> dict:
+    def step_loss(self, batch: Batch, ctx: StepContext) -> dict:
+        """``{"loss": sum_i CE_i, "ce_teacher_i": CE_i}`` of one batch (each teacher on its own tokenisation)."""
         loss = torch.zeros((), device=ctx.device)
         parts = {}
         with ctx.autocast():
@@ -90,8 +92,12 @@ class CoFinetune(nn.Module):
                 ce = nn.functional.cross_entropy(t(ids, mask).logits.float(), batch.labels)
                 loss = loss + ce
                 parts[f"ce_teacher_{i}"] = ce.detach()
-        ctx.backward_step(loss)
         return {"loss": loss, **parts}
+
+    def training_step(self, batch: Batch, ctx: StepContext) -> dict:
+        out = ctx.forward(batch)
+        ctx.backward_step(out["loss"])
+        return out
 
     def on_epoch_start(self, ctx):
         self._t0 = time.perf_counter()
@@ -146,7 +152,8 @@ def teacher_fingerprint(cfg, P) -> str:
         "train": fingerprint([P.ds.ids[i] for i in P.split.train]),
         "train_labels": fingerprint([P.ds.labels[i] for i in P.split.train]),
         "settings": [cfg.max_length, cfg.teacher_mode, cfg.teacher_epochs, cfg.teacher_lr, cfg.teacher_train_layers,
-                     cfg.teacher_batch_size, cfg.head_lr, P.head_dim, cfg.pooling, cfg.query_dim, cfg.seed,
+                     cfg.teacher_batch_size * D.world().size,  # the global batch
+                     cfg.head_lr, P.head_dim, cfg.pooling, cfg.query_dim, cfg.seed,
                      cfg.weight_decay, cfg.warmup]
         + ([{"patience": cfg.teacher_patience, "budget_s": cfg.teacher_time_budget}]
            if cfg.teacher_patience is not None or cfg.teacher_time_budget is not None else []),
@@ -176,10 +183,11 @@ def build_teachers(cfg, P) -> list[EncoderClassifier]:
     """Pre-trained teacher encoders with the shared (``joint``) or own (``independent``) heads."""
     torch.manual_seed(cfg.seed)
     C = len(P.ds.label_names)
-    shared = ClassificationHead(P.head_dim, C, cfg.query_dim, pooling=cfg.pooling)
+    shared = ClassificationHead(P.head_dim, C, cfg.query_dim, head_dropout(P.teacher_cfgs[0]), pooling=cfg.pooling)
     out = []
-    for p in P.teacher_paths:
-        head = shared if cfg.teacher_mode == "joint" else ClassificationHead(P.head_dim, C, cfg.query_dim, pooling=cfg.pooling)
+    for p, c in zip(P.teacher_paths, P.teacher_cfgs):
+        head = shared if cfg.teacher_mode == "joint" else ClassificationHead(P.head_dim, C, cfg.query_dim,
+                                                                             head_dropout(c), pooling=cfg.pooling)
         out.append(EncoderClassifier(load_encoder(p, trust_remote_code=cfg.trust_remote_code), head, P.head_dim))
     return out
 
@@ -191,16 +199,21 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
         ``(teachers, record)``; the record (``teachers.json`` in the store) has the epoch logs,
         ``seconds``, ``mode``, ``train_layers`` and ``reused``.
     """
-    done = store / "teachers.json"
-    if done.is_file():
+    done, W = store / "teachers.json", D.world()
+    if D.broadcast(done.is_file()):  # rank 0 decides; under a launcher every rank reads the same store
         try:
             rec = json.loads(done.read_text())
             teachers = [load_classifier(store / f"teacher_{i}", device)[0] for i in range(len(cfg.teachers))]
-        except (DistillError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (DistillError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            if not W.main:
+                raise DistillError(f"rank {W.rank}: cannot read the teacher store entry {store} that rank 0 reuses "
+                                   f"({e}); under a multi-node launcher the store must be on a file system every "
+                                   "node mounts (--teacher-store).") from e
             # derived data: rebuilding it is safe, and cheaper than a run that stops here
             log.warning("teacher store entry %s is damaged (%s); finetuning the teachers again", store, e)
             done.unlink()
-        else:
+            teachers = None
+        if D.all_gather(teachers is not None)[0]:
             log.info("reusing finetuned teachers from %s", store)
             rec["reused"] = True
             return teachers, rec
@@ -233,16 +246,20 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
         for p in t.parameters():
             p.requires_grad = False
     seconds = time.perf_counter() - t0
-    for i, (t, name) in enumerate(zip(teachers, cfg.teachers)):
-        with atomic_dir(store / f"teacher_{i}") as tmp:
-            save_classifier(t, P.teacher_toks[i], tmp, {"label_names": P.ds.label_names, "max_length": cfg.max_length,
-                                                        "source_model": name, "role": "teacher"})
     rec = {"epochs": [vars(e) for e in logs], "seconds": seconds, "mode": cfg.teacher_mode,
            "train_layers": cfg.teacher_train_layers, "reused": False,
            "best_epoch": best_epoch if cfg.teacher_epochs > 0 else None,
-           "stopped": next((e.extra["stopped"] for e in logs if e.extra.get("stopped")), None) if logs else None}
-    atomic_write_json(done, rec)
-    ckpt.unlink(missing_ok=True)
+           "stopped": next((e.extra["stopped"] for e in logs if e.extra.get("stopped")), None) if logs else None,
+           **({"world_size": W.size, "global_batch": cfg.teacher_batch_size * W.size} if W.size > 1 else {})}
+    if W.main:  # the ranks' teachers are identical (DDP): one writer
+        for i, (t, name) in enumerate(zip(teachers, cfg.teachers)):
+            with atomic_dir(store / f"teacher_{i}") as tmp:
+                save_classifier(t, P.teacher_toks[i], tmp, {"label_names": P.ds.label_names,
+                                                            "max_length": cfg.max_length, "source_model": name,
+                                                            "role": "teacher"})
+        atomic_write_json(done, rec)
+        ckpt.unlink(missing_ok=True)
+    D.barrier()
     return teachers, rec
 
 

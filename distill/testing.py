@@ -39,8 +39,11 @@ def _vocab() -> list[str]:
     return list(dict.fromkeys(full))
 
 
-def build_tiny_model(folder: Path, kind: str = "bert", hidden: int = 32, layers: int = 2, vocab_variant: int = 0) -> Path:
-    """A randomly initialised tiny encoder + WordPiece tokenizer saved as a HF folder (safetensors)."""
+def build_tiny_model(folder: Path, kind: str = "bert", hidden: int = 32, layers: int = 2, vocab_variant: int = 0,
+                     dropout: float = 0.1) -> Path:
+    """A randomly initialised tiny encoder + WordPiece tokenizer saved as a HF folder (safetensors);
+    ``dropout`` sets its hidden and attention dropout (and so its classification heads', see
+    :func:`distill.modeling.head_dropout`)."""
     from transformers import BertConfig, BertModel, BertTokenizerFast, MPNetConfig, MPNetModel, MPNetTokenizerFast
     import torch
 
@@ -55,12 +58,14 @@ def build_tiny_model(folder: Path, kind: str = "bert", hidden: int = 32, layers:
     if kind == "bert":
         tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"))
         cfg = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                         intermediate_size=hidden * 2, max_position_embeddings=128)
+                         intermediate_size=hidden * 2, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                         attention_probs_dropout_prob=dropout)
         model = BertModel(cfg)
     else:
         tok = MPNetTokenizerFast(vocab_file=str(folder / "vocab.txt"))
         cfg = MPNetConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                          intermediate_size=hidden * 2, max_position_embeddings=130)
+                          intermediate_size=hidden * 2, max_position_embeddings=130, hidden_dropout_prob=dropout,
+                          attention_probs_dropout_prob=dropout)
         model = MPNetModel(cfg)
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))

@@ -7,15 +7,24 @@ optimisation and torchdistill's pre/post-forward procedures:
 
 * ``configure_optimizers(model, settings, total_steps) -> list[Optimization]``: the optimisers and
   schedulers (default of the strategies: one AdamW with an encoder group and a head group);
-* ``training_step(batch, ctx) -> dict``: forward, loss, backward and step (default: loss, then
-  :meth:`StepContext.backward_step`); returns ``{"loss": total, <component>: value, ...}`` and,
-  optionally, ``"teacher_weights"`` (B, N) - the per-sample teacher weights it used;
+* ``step_loss(batch, ctx) -> dict``: the forward pass and loss of one batch, ``{"loss": total,
+  <component>: value, ...}`` and, optionally, ``"teacher_weights"`` (B, N) - the per-sample teacher
+  weights it used;
+* ``training_step(batch, ctx) -> dict``: forward, loss, backward and step (default:
+  ``out = ctx.forward(batch)`` - which runs ``step_loss``, through ``DistributedDataParallel`` under a
+  launcher - then :meth:`StepContext.backward_step`); returns what ``step_loss`` returned;
 * ``on_epoch_start(ctx)`` / ``on_epoch_end(ctx) -> dict | None`` (e.g. a reward on dev data);
 * its ``state_dict()`` (parameters, buffers and ``get_extra_state``) is checkpointed with the model,
   the optimisers, the schedulers and the torch RNG state after every epoch, so ``--resume`` continues
   exactly where a killed run stopped.
 
 Every loss component a method returns is averaged per epoch into :class:`EpochLog`.
+
+Under ``torchrun`` / ``accelerate launch`` (:mod:`distill.distributed`) every rank draws the same row
+order and trains on its slice of each global batch of ``batch_size x world size`` rows; ``model`` and
+``method`` are wrapped together in ``DistributedDataParallel``, and each rank's loss is weighted by its
+share of the global batch, so a step equals one process's step on the global batch (up to float
+summation order). A method that owns its whole step outside ``step_loss`` sets ``distributed = False``.
 """
 
 from __future__ import annotations
@@ -30,7 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed as D
 from .device import autocast_ctx, grad_scaler
+from .errors import DistillError
 from .tokens import Tokenized, progress
 
 log = logging.getLogger("distill")
@@ -44,7 +55,7 @@ class FitSettings:
 
     Attributes:
         epochs: passes over the training rows.
-        batch_size: rows per step.
+        batch_size: rows per step and per process (the global batch is ``batch_size x world size``).
         lr: learning rate of the encoder parameters (AdamW, per step).
         head_lr: learning rate of the other parameters (heads, projections, strategy parameters).
         weight_decay: AdamW weight decay.
@@ -67,8 +78,9 @@ class FitSettings:
 
 @dataclass
 class EpochLog:
-    """One epoch: wall time (s), mean total loss, samples/s, the mean of every loss component the
-    method returned, and what its ``on_epoch_end`` hook reported (e.g. a reward)."""
+    """One epoch: wall time (s), mean total loss, samples/s (all processes together), the mean of every
+    loss component the method returned, what its ``on_epoch_end`` hook reported (e.g. a reward), and
+    under a launcher each rank's samples/s (``rank_samples_per_s``, empty for one process)."""
 
     epoch: int
     seconds: float
@@ -76,6 +88,7 @@ class EpochLog:
     samples_per_s: float
     components: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    rank_samples_per_s: list = field(default_factory=list)
 
 
 @dataclass
@@ -131,10 +144,12 @@ class StepContext:
             ``"dev"`` (never ``"test"``), or None when the caller provided no held-out data.
         train_rows: the dataset rows of the training part (positions index the teacher-output cache).
         stop: set it to True in ``on_epoch_end`` to end training after this epoch (early stopping).
+        rank_weight: this rank's share of the global batch times the world size (1.0 for one process):
+            :meth:`backward_step` scales the loss by it, so DDP's gradient average is the global mean's.
     """
 
     def __init__(self, model, teachers, optimizations, settings, device, precision, steps_per_epoch, total_steps,
-                 evaluate, train_rows):
+                 evaluate, train_rows, forward=None):
         self.model, self.teachers, self.optimizations = model, teachers, optimizations
         self.settings, self.device, self.precision = settings, device, precision
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
@@ -143,6 +158,12 @@ class StepContext:
         self.epoch = 0
         self.step = 0
         self.stop = False
+        self.rank_weight = 1.0
+        self._forward = forward
+
+    def forward(self, batch: "Batch") -> dict:
+        """The method's ``step_loss(batch, ctx)``, through ``DistributedDataParallel`` under a launcher."""
+        return self._forward(batch, self)
 
     def autocast(self):
         """bf16/fp16 autocast on CUDA, nothing on CPU."""
@@ -153,7 +174,7 @@ class StepContext:
         optimiser ``which`` and its scheduler."""
         o = self.optimizations[which]
         o.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * self.rank_weight if self.rank_weight != 1.0 else loss).backward()
         self.scaler.unscale_(o.optimizer)
         torch.nn.utils.clip_grad_norm_(o.params, self.settings.grad_clip)
         self.scaler.step(o.optimizer)
@@ -197,6 +218,30 @@ class WeightTracker:
         self.sums = st["sums"].numpy() if st.get("sums") is not None else None
         self.counts = st["counts"].numpy()
 
+    def reduced(self) -> "WeightTracker":
+        """The tracker summed over all ranks (every rank calls it; ``self`` for one process)."""
+        if D.world().size == 1:
+            return self
+        shape = next((s for s in D.all_gather(None if self.sums is None else self.sums.shape) if s is not None), None)
+        out = WeightTracker(self.n)
+        out.counts = D.all_reduce_sum(torch.from_numpy(self.counts)).numpy()
+        if shape is not None:
+            mine = self.sums if self.sums is not None else np.zeros(shape)
+            out.sums = D.all_reduce_sum(torch.from_numpy(mine)).numpy()
+        return out
+
+
+class _Unit(nn.Module):
+    """The trained module and the method together, so one ``DistributedDataParallel`` covers both
+    (a strategy's projections and heads train with the student)."""
+
+    def __init__(self, model: nn.Module, method: nn.Module):
+        super().__init__()
+        self.model, self.method = model, method
+
+    def forward(self, batch, ctx):
+        return self.method.step_loss(batch, ctx)
+
 
 @dataclass
 class FitResult:
@@ -227,17 +272,25 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
         seed_torch: call ``torch.manual_seed(settings.seed)`` first (dropout and strategy sampling).
 
     Returns:
-        :class:`FitResult`.
+        :class:`FitResult` (the teacher weights summed over all ranks).
+
+    Raises:
+        DistillError: under a launcher, a method that owns its step (``distributed = False``).
     """
-    s = settings
+    s, W = settings, D.world()
+    if W.size > 1 and not getattr(method, "distributed", True):
+        raise DistillError(f"{getattr(method, 'name', type(method).__name__)} owns its training step and does not "
+                           f"run under a launcher yet (world size {W.size}); run it as one process.")
     if seed_torch:
         torch.manual_seed(s.seed)
     model.to(device)
     method.to(device)
-    steps_per_epoch = math.ceil(len(train_rows) / s.batch_size)
+    gbatch = s.batch_size * W.size  # the global batch
+    steps_per_epoch = math.ceil(len(train_rows) / gbatch)
     total_steps = steps_per_epoch * s.epochs if s.max_steps is None else min(s.max_steps, steps_per_epoch * s.epochs)
     opts = method.configure_optimizers(model, s, total_steps)
-    ctx = StepContext(model, teachers, opts, s, device, precision, steps_per_epoch, total_steps, evaluate, train_rows)
+    ctx = StepContext(model, teachers, opts, s, device, precision, steps_per_epoch, total_steps, evaluate, train_rows,
+                      forward=getattr(method, "step_loss", None))
     tracker = WeightTracker(len(train_rows))
     pos = {r: k for k, r in enumerate(train_rows)}
     logs: list[EpochLog] = []
@@ -249,12 +302,16 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
             o.optimizer.load_state_dict(st["optimizer"])
             if o.scheduler is not None:
                 o.scheduler.load_state_dict(st["scheduler"])
-        tracker.load(resume_state["weights"])
+        if W.main:  # the checkpoint holds the weights summed over the ranks: count them once
+            tracker.load(resume_state["weights"])
         logs = [EpochLog(**e) for e in resume_state["logs"]]
         start, ctx.step = len(logs), resume_state["step"]
-        torch.set_rng_state(resume_state["rng"])
+        rngs = resume_state.get("rng_ranks") or []
+        torch.set_rng_state(rngs[W.rank] if len(rngs) == W.size else resume_state["rng"])
     elif resume_state is not None:
         log.warning("ignoring a checkpoint of an older format; this phase starts again")
+    if W.size > 1 and ctx._forward is not None:  # after the resume: DDP broadcasts rank 0's weights
+        ctx._forward = D.wrap_ddp(_Unit(model, method), device)
     order_seed = order_seed or (lambda e: s.seed * 1000 + e)
     y_all = torch.tensor(labels)
     for epoch in range(start, s.epochs):
@@ -264,8 +321,12 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
         method.on_epoch_start(ctx)
         order = np.random.default_rng(order_seed(epoch)).permutation(len(train_rows))
         t0, sums, nb, seen = time.perf_counter(), {}, 0, 0
-        for b0 in progress(range(0, len(order), s.batch_size), f"{desc} epoch {epoch + 1}/{s.epochs}"):
-            rows = [train_rows[i] for i in order[b0:b0 + s.batch_size]]
+        for b0 in progress(range(0, len(order), gbatch), f"{desc} epoch {epoch + 1}/{s.epochs}"):
+            rows = [train_rows[i] for i in order[b0:b0 + gbatch]]
+            if W.size > 1:  # this rank's slice of the global batch, weighted by its share
+                n_global = len(rows)
+                rows = D.rank_slice(rows, [train_rows[i] for i in order])
+                ctx.rank_weight = len(rows) * W.size / max(n_global, W.size)
             batch = Batch(rows, y_all[rows].to(device))
             if tok is not None:
                 batch.ids, batch.mask = tok.batch(rows, device)
@@ -282,19 +343,28 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
                 break
         extra = method.on_epoch_end(ctx) or {}
         dt = time.perf_counter() - t0
+        rank_rates = []
+        if W.size > 1:  # components: the mean over every rank's steps; samples/s: all ranks together
+            keys = sorted(sums)
+            tot = D.all_reduce_sum(torch.tensor([sums[k] for k in keys] + [nb], dtype=torch.float64)).tolist()
+            sums, nb = dict(zip(keys, tot[:-1])), int(tot[-1])
+            rank_rates = [round(r, 2) for r in D.all_gather(seen / dt)]
         means = {k: v / max(nb, 1) for k, v in sums.items()}
-        logs.append(EpochLog(epoch + 1, dt, means.pop("loss", float("nan")), seen / dt, means, extra))
+        rate = sum(rank_rates) if rank_rates else seen / dt
+        logs.append(EpochLog(epoch + 1, dt, means.pop("loss", float("nan")), rate, means, extra, rank_rates))
         log.info("%s epoch %d/%d: loss %.4f%s, %.1f s", desc, epoch + 1, s.epochs, logs[-1].loss,
                  "".join(f", {k} {v:.4f}" for k, v in means.items()), dt)
         if ctx.stop or (s.max_steps is not None and ctx.step >= s.max_steps):
             break
         if checkpoint is not None and epoch + 1 < s.epochs:
-            checkpoint({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "method": method.state_dict(),
-                        "optimizations": [{"optimizer": o.optimizer.state_dict(),
-                                           "scheduler": o.scheduler.state_dict() if o.scheduler else None}
-                                          for o in opts],
-                        "weights": tracker.state(), "logs": [vars(e) for e in logs], "step": ctx.step,
-                        "rng": torch.get_rng_state()})
+            rngs, weights = D.all_gather(torch.get_rng_state()), tracker.reduced().state()  # every rank takes part
+            if W.main:  # one writer; the ranks' weights are identical (DDP)
+                checkpoint({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "method": method.state_dict(),
+                            "optimizations": [{"optimizer": o.optimizer.state_dict(),
+                                               "scheduler": o.scheduler.state_dict() if o.scheduler else None}
+                                              for o in opts],
+                            "weights": weights, "logs": [vars(e) for e in logs], "step": ctx.step,
+                            "rng": rngs[0], "rng_ranks": rngs})
     model.eval()
     method.eval()
-    return FitResult(logs, tracker)
+    return FitResult(logs, tracker.reduced())

@@ -159,7 +159,7 @@ def test_metadistil_run_with_extra_teacher_warmup_noise_survives_a_kill(tmp_path
     """Two copies of one teacher (different head seeds), warm-up and noise; killed after the first
     distillation epoch, resumed: the report equals the uninterrupted run's, the quiz set is recorded, the
     meta-updated teachers are in the run folder and the teacher store is untouched."""
-    import distill.pipeline as pl
+    import distill.students as pl  # the student phase checkpoints through it
 
     store = tmp_path / "store"
     sets = ["--set", "metadistil.quiz_size=12", "--set", "metadistil.quiz_batch_size=6", "--set",

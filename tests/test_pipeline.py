@@ -92,7 +92,7 @@ class Killed(RuntimeError):
 
 
 def test_resume_after_kill(tmp_path, tiny_teachers, tiny_csv, monkeypatch):
-    import distill.pipeline as pl
+    import distill.students as pl  # the student phase checkpoints through it
 
     real = pl.save_checkpoint
     calls = {"n": 0}

@@ -128,7 +128,7 @@ class Killed(RuntimeError):
 def test_rl_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_teachers, tiny_csv, tiny_run, monkeypatch):
     """The policy, its optimiser, the episode buffer, the baseline and the RNG are checkpointed: a run
     killed after epoch 1 and resumed gives exactly the uninterrupted run's metrics."""
-    import distill.pipeline as pl
+    import distill.students as pl  # the student phase checkpoints through it
 
     store = tiny_run.parent / ".teacher-store"
     extra = ["--set", "rl.episode_steps=4"]

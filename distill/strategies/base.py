@@ -14,7 +14,8 @@ and overrides only what it changes (defaults = plain distillation):
 * ``loss(student, teachers, batch) -> {"loss": total, <component>: value, "teacher_weights": (B, N)}``;
 * ``configure_optimizers`` (default: one AdamW, encoder at ``lr``, head + the strategy's own
   parameters at ``head_lr``);
-* ``training_step(batch, ctx)`` (default: teacher signals, student forward, ``loss``, backward, step);
+* ``training_step(batch, ctx)`` (default: ``step_loss`` - teacher signals, student forward, ``loss`` -
+  then backward and step; ``distributed = False`` when a method's own step cannot run under DDP);
 * ``on_epoch_start`` / ``on_epoch_end`` (e.g. a reward from dev data);
 * ``adjust_fit`` (e.g. warm-up epochs added to the student's epochs);
 * ``teacher_updatable = True`` with ``attach(...)``: the method trains copies of the teachers itself;
@@ -200,6 +201,9 @@ class DistillStrategy(nn.Module):
     #: ``teacher_updatable``): the pipeline then hands it trainable copies of the finetuned teachers,
     #: their tokenizations and a quiz set through ``attach`` (see :mod:`.metadistil`).
     teacher_updatable: ClassVar[bool] = False
+    #: False when the method's step does more than ``step_loss`` + one optimiser step (its own second
+    #: optimiser, meta-gradients, a policy update): such a method is refused under a launcher.
+    distributed: ClassVar[bool] = True
 
     def __init__(self, settings: StrategySettings, teachers: list[TeacherSpec], student: StudentSpec):
         super().__init__()
@@ -233,11 +237,15 @@ class DistillStrategy(nn.Module):
             return None
         return ctx.teachers(batch.rows, batch.ids.shape[1])
 
-    def training_step(self, batch: Batch, ctx: StepContext) -> dict:
-        """Default step: teacher signals, student forward, :meth:`loss`, backward, optimiser step."""
+    def step_loss(self, batch: Batch, ctx: StepContext) -> dict:
+        """Teacher signals, student forward and :meth:`loss` of one batch (what DDP wraps under a launcher)."""
         t = self.teacher_signals(batch, ctx)
         with ctx.autocast():
-            out = self.loss(self.student_signals(batch, ctx), t, batch)
+            return self.loss(self.student_signals(batch, ctx), t, batch)
+
+    def training_step(self, batch: Batch, ctx: StepContext) -> dict:
+        """Default step: :meth:`step_loss` (through ``ctx.forward``), backward, optimiser step."""
+        out = ctx.forward(batch)
         ctx.backward_step(out["loss"])
         return out
 

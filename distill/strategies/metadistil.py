@@ -143,6 +143,7 @@ class MetaDistil(DistillStrategy):
              "steps (1)-(8) of METHODS.md section 4; paper 004's extra teacher, warm-up and noise")
     Settings = MetaDistilSettings
     teacher_updatable: ClassVar[bool] = True
+    distributed: ClassVar[bool] = False  # its own teacher optimiser and second-order step: one process
 
     def __init__(self, settings, teachers, student):
         super().__init__(settings, teachers, student)

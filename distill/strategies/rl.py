@@ -93,6 +93,7 @@ class ReinforcedSelection(WeightedKD):
 
     paper = "Yuan et al., 'Reinforced Multi-Teacher Selection for Knowledge Distillation', AAAI 2021 (paper 001)"
     Settings = RLSettings
+    distributed = False  # the REINFORCE update runs outside the student's step: one process
 
     def __init__(self, settings, teachers, student):
         super().__init__(settings, teachers, student)
