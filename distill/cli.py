@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def run(
     trust_remote_code: bool = typer.Option(False, help="Allow model repos' custom code (off by default)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out from its last finished phase/epoch."),
     overwrite: bool = typer.Option(False, help="Delete an existing run in --out first."),
-    export: bool = typer.Option(False, "--export", help="Export the student to ONNX (fp32 + INT8) after training (see `distill export`)."),
+    export: bool = typer.Option(False, "--export", help="Export the student to ONNX (fp32 + INT8, + fp16 when trained on CUDA) after training (see `distill export`)."),
     allow_drift: bool = typer.Option(False, help="With --export: exit 0 even when an ONNX parity target is missed."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
@@ -111,7 +112,8 @@ def run(
         if export:
             from export.onnx_export import export_run
 
-            ok = export_run(run_dir)
+            trained_on = json.loads((run_dir / "report.json").read_text())["system"]["device"]
+            ok = export_run(run_dir, fp16=trained_on.startswith("cuda"))  # a GPU run also gets the fp16 model
     except DistillError as e:
         _fail(e)
     typer.echo(f"done: {run_dir / 'report.md'}")

@@ -46,9 +46,9 @@ log = logging.getLogger("distill")
 
 def setup_logging(run_dir: Path | None = None, verbose: bool = False, rank: int = 0) -> None:
     """Concise console log; full log in ``run_dir/log.txt``. Ranks other than 0 of a launched job log
-    warnings and errors only, prefixed with their rank."""
+    errors only (their warnings repeat rank 0's), prefixed with their rank."""
     root = logging.getLogger("distill")
-    root.setLevel(logging.DEBUG if verbose else logging.INFO if rank == 0 else logging.WARNING)
+    root.setLevel(logging.ERROR if rank else logging.DEBUG if verbose else logging.INFO)
     for h in list(root.handlers):
         root.removeHandler(h)
         h.close()

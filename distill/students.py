@@ -240,8 +240,7 @@ def student_phase(cfg, P, strat: str, seed: int, teachers, toks, tspecs, sspec, 
     resume_state = load_checkpoint(ckpt) if ckpt.is_file() else None
     if resume_state is not None:
         log.info("resuming %s after epoch %d", phase, len(resume_state["logs"]))
-    evaluate = Evaluator(student, stok, P.ds.labels, {"dev": P.split.dev}, C, device, cfg.eval_batch_size,
-                              precision)
+    evaluate = Evaluator(student, stok, P.ds.labels, {"dev": P.split.dev}, C, device, cfg.eval_batch_size, precision)
     t0 = time.perf_counter()
     with PeakMemory(device) as peak:
         result = train_student(student, strategy, stok, P.train_labels, rows, provider,

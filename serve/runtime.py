@@ -51,6 +51,40 @@ def default_threads(workers: int = 1) -> int:
     return max(1, usable_cores() // max(1, workers))
 
 
+def import_ort():
+    """``onnxruntime``, or an ImportError that says which extra installs it. Warns (once per process) when
+    both ``onnxruntime`` and ``onnxruntime-gpu`` are installed: they ship the same module, so whichever
+    was installed last wins and the CUDA execution provider may be missing."""
+    from importlib import metadata
+
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ImportError("onnxruntime is not installed: pip install 'distill-news[cpu]' (or "
+                          "'distill-news[gpu]' for onnxruntime-gpu on a CUDA machine); `make install` does it") from e
+    global _ORT_CHECKED
+    if not _ORT_CHECKED:
+        _ORT_CHECKED = True
+        found = []
+        for dist in ("onnxruntime", "onnxruntime-gpu"):
+            try:
+                metadata.version(dist)
+                found.append(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        if len(found) == 2:
+            import warnings
+
+            warnings.warn("both onnxruntime and onnxruntime-gpu are installed; they provide the same module and "
+                          "the one installed last wins (providers now: " + ", ".join(ort.get_available_providers())
+                          + "). Keep one: pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
+                          "(or ORT=gpu make install).", RuntimeWarning, stacklevel=2)
+    return ort
+
+
+_ORT_CHECKED = False
+
+
 def ort_session(path: str | Path, threads: int | None = None, providers: list[str] | None = None,
                 spinning: bool = False):
     """An ``onnxruntime.InferenceSession`` with the project's settings: ``threads`` intra-op threads
@@ -64,7 +98,7 @@ def ort_session(path: str | Path, threads: int | None = None, providers: list[st
     Raises:
         onnxruntime's own errors for a missing or invalid model file.
     """
-    import onnxruntime as ort
+    ort = import_ort()
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads or default_threads())
@@ -208,8 +242,9 @@ class TextClassifierRuntime:
 
     def __init__(self, export_dir: str | Path, model: str = "int8", threads: int | None = None,
                  verify: bool = True, spinning: bool = False):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
+
+        ort = import_ort()
 
         self.export_dir = Path(export_dir)
         self.manifest, self.model_info, self.model_path, tok_path = check_export(self.export_dir, model, verify)

