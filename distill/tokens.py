@@ -67,8 +67,11 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 def progress(iterable, desc: str, total: int | None = None, every_s: float = 30.0):
     """A tqdm progress bar on a terminal; elsewhere (a file, a CI log) no carriage-return bar but one log
     line ``desc: done/total (pct%), elapsed s`` every ``every_s`` seconds, so the log stays line-clean."""
-    if sys.stderr.isatty():
-        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, mininterval=0.5)
+    if sys.stderr.isatty():  # one bar per job: under a launcher, rank 0's
+        from .distributed import world
+
+        return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, mininterval=0.5,
+                    disable=not world().main)
     return _logged(iterable, desc, total if total is not None else _len(iterable), every_s)
 
 
