@@ -158,3 +158,25 @@ def test_killed_launcher_job_resumes_to_the_uninterrupted_result(runs):
     for strat in ("mtbert", "nokd"):
         a, b = ref["runs"][strat][0], got["runs"][strat][0]
         assert a["test"] == b["test"] and [e["loss"] for e in a["epochs"]] == [e["loss"] for e in b["epochs"]]
+
+
+def test_two_nodes_meet_at_a_rendezvous_endpoint(runs):
+    """``--nnodes 2`` with a c10d rendezvous endpoint: two torchrun agents (two "nodes" on 127.0.0.1,
+    one process each) run the job of the single-node 2-process run and reach its losses exactly."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                                "--node_rank", str(n), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
+                                "--rdzv_id", "two-nodes", "-m", "distill.cli"] + _args(runs, "nodes", "store2", 4),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for n in (0, 1)]
+    outs = [a.communicate(timeout=300)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    got, two = _report(runs / "nodes"), _report(runs / "two")
+    assert (got["parallel"]["world_size"], got["parallel"]["nodes"]) == (2, 2)
+    for strat in ("mtbert", "nokd"):
+        assert [e["loss"] for e in got["runs"][strat][0]["epochs"]] == \
+            [e["loss"] for e in two["runs"][strat][0]["epochs"]]
