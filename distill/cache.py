@@ -73,11 +73,8 @@ def teacher_outputs(teacher, tok: Tokenized, rows: list[int], layer_ids: list[in
     for b, (lg, pl, hs) in zip(batches, D.gather_batches(mine, len(batches))):
         idx = torch.tensor(b)
         logits[idx], pooled[idx] = lg, pl
-        for k, h in enumerate(hs):
-            if token_level:
-                layers[k][idx, : h.shape[1]] = h
-            else:
-                layers[k][idx] = h
+        for k, h in enumerate(hs):  # token-level (B, L_batch, d) into (n, max_length, d); pooled (B, d)
+            layers[k][idx, : h.shape[1]] = h
     return {"logits": logits, "pooled": pooled, "layers": layers}
 
 

@@ -189,14 +189,15 @@ def prepare(cfg: RunConfig) -> Prepared:
     # build every strategy once: checks that need the teachers and the student (e.g. aekd's C >= 1/N)
     # fail here, before any training; and what the teacher-output cache must hold
     tspecs, sspec = specs(cfg, P)
-    layered = [s for s in cfg.strategies if build_strategy(s, cfg.strategy_settings(s), tspecs, sspec).needs.layers]
+    built = {s: build_strategy(s, cfg.strategy_settings(s), tspecs, sspec) for s in cfg.strategies}
+    layered = [s for s, b in built.items() if b.needs.layers]
     if layered and cfg.textcnn:
         raise DistillError(f"--student textcnn: strategy {layered[0]!r} needs the student's Transformer layers "
                            f"(hidden-state loss), which a TextCNN has none of. Use --strategy camkd (paper 003), avg, "
                            f"hinton, ebkd, aekd or rl, or turn the layer loss off (--set mtbert.w_hid=0).")
     P.needs_layers = bool(layered)
     if D.world().size > 1:
-        solo = [s for s in cfg.strategies if not build_strategy(s, cfg.strategy_settings(s), tspecs, sspec).distributed]
+        solo = [s for s, b in built.items() if not b.distributed]
         if solo:
             raise DistillError(f"strategy {solo[0]!r} owns its training step (a second optimiser / policy update) and "
                                f"does not run under a launcher (world size {D.world().size}); run it as one process, "

@@ -94,11 +94,6 @@ class CoFinetune(nn.Module):
                 parts[f"ce_teacher_{i}"] = ce.detach()
         return {"loss": loss, **parts}
 
-    def training_step(self, batch: Batch, ctx: StepContext) -> dict:
-        out = ctx.forward(batch)
-        ctx.backward_step(out["loss"])
-        return out
-
     def on_epoch_start(self, ctx):
         self._t0 = time.perf_counter()
 
@@ -213,7 +208,7 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
             log.warning("teacher store entry %s is damaged (%s); finetuning the teachers again", store, e)
             done.unlink()
             teachers = None
-        if D.all_gather(teachers is not None)[0]:
+        if D.broadcast(teachers is not None):
             log.info("reusing finetuned teachers from %s", store)
             rec["reused"] = True
             return teachers, rec

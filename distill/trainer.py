@@ -10,9 +10,9 @@ optimisation and torchdistill's pre/post-forward procedures:
 * ``step_loss(batch, ctx) -> dict``: the forward pass and loss of one batch, ``{"loss": total,
   <component>: value, ...}`` and, optionally, ``"teacher_weights"`` (B, N) - the per-sample teacher
   weights it used;
-* ``training_step(batch, ctx) -> dict``: forward, loss, backward and step (default:
-  ``out = ctx.forward(batch)`` - which runs ``step_loss``, through ``DistributedDataParallel`` under a
-  launcher - then :meth:`StepContext.backward_step`); returns what ``step_loss`` returned;
+* ``training_step(batch, ctx) -> dict`` (optional): forward, loss, backward and step; without it,
+  :meth:`StepContext.default_step` (``step_loss`` through ``ctx.forward`` - ``DistributedDataParallel``
+  under a launcher - then :meth:`StepContext.backward_step`); returns what ``step_loss`` returned;
 * ``on_epoch_start(ctx)`` / ``on_epoch_end(ctx) -> dict | None`` (e.g. a reward on dev data);
 * its ``state_dict()`` (parameters, buffers and ``get_extra_state``) is checkpointed with the model,
   the optimisers, the schedulers and the torch RNG state after every epoch, so ``--resume`` continues
@@ -168,6 +168,13 @@ class StepContext:
     def autocast(self):
         """bf16/fp16 autocast on CUDA, nothing on CPU."""
         return autocast_ctx(self.device, self.precision)
+
+    def default_step(self, batch: "Batch") -> dict:
+        """The default training step: :meth:`forward` (the method's ``step_loss``), then
+        :meth:`backward_step`; returns what ``step_loss`` returned."""
+        out = self.forward(batch)
+        self.backward_step(out["loss"])
+        return out
 
     def backward_step(self, loss: torch.Tensor, which: int = 0) -> None:
         """Zero the gradients, backward (with fp16 loss scaling), clip the gradient norm, step the
@@ -330,7 +337,7 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
             batch = Batch(rows, y_all[rows].to(device))
             if tok is not None:
                 batch.ids, batch.mask = tok.batch(rows, device)
-            out = method.training_step(batch, ctx)
+            out = method.training_step(batch, ctx) if hasattr(method, "training_step") else ctx.default_step(batch)
             w = out.pop("teacher_weights", None)
             if w is not None:
                 tracker.add([pos[r] for r in rows], w)

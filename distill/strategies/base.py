@@ -245,9 +245,7 @@ class DistillStrategy(nn.Module):
 
     def training_step(self, batch: Batch, ctx: StepContext) -> dict:
         """Default step: :meth:`step_loss` (through ``ctx.forward``), backward, optimiser step."""
-        out = ctx.forward(batch)
-        ctx.backward_step(out["loss"])
-        return out
+        return ctx.default_step(batch)
 
     def forward(self, student: StudentSignals, teachers: TeacherSignals | None, batch: Batch) -> dict:
         return self.loss(student, teachers, batch)
