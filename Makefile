@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag reference strategies clean
+.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation reference strategies clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -62,6 +62,11 @@ metadistil-ag: install
 	$(BIN)/distill run $(MD) --baselines mtbert --set metadistil.teacher=$(MD_TEACHER) --out runs/ag-meta-1t $(if $(wildcard runs/ag-meta-1t/state.json),--resume,)
 	$(BIN)/distill run $(MD) --baselines "" --set metadistil.warmup_epochs=1 --out runs/ag-meta-warmup $(if $(wildcard runs/ag-meta-warmup/state.json),--resume,)
 	$(BIN)/distill run $(MD) --baselines "" --set metadistil.warmup_epochs=1 --set metadistil.noise_p=0.2 --out runs/ag-meta-noise $(if $(wildcard runs/ag-meta-noise/state.json),--resume,)
+
+# MIND with strong teachers (examples/mind.yaml) and the MT-BERT ablation over it (MT-BERT Fig. 5 shape):
+# one teacher store, one run folder per row, runs/mind-ablation/ABLATION.md. Resumes when rerun.
+mind-ablation: install
+	$(BIN)/distill ablate --config examples/mind.yaml --out runs/mind-ablation
 
 reference: install
 	$(BIN)/distill reference $(RUN)

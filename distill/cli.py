@@ -350,6 +350,30 @@ def reference(
     typer.echo(f"done: {run_dir / 'reference'} ({len(res['models'])} reference models)")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ablate(
+    ctx: typer.Context,
+    config: Path = typer.Option(..., "--config", help="The job file (YAML or a run's config.json) whose MT-BERT student is ablated."),
+    out: Path = typer.Option(..., "--out", help="Folder of the ablation: one run folder per row, ABLATION.md, ablation.json."),
+    variants: str = typer.Option("no_hidden,no_distill,no_task,no_weighting,t1,t2,t4", help="Comma-separated rows beside the full job: no_hidden, no_distill, no_task, no_weighting, t1, t2, t4."),
+    table_only: bool = typer.Option(False, help="Only rebuild ABLATION.md from the runs already finished."),
+) -> None:
+    """MT-BERT ablation (Fig. 5 / Fig. 4 shape): the job, then one run per changed loss setting, all on the same
+    split, teachers and teacher-output cache; writes OUT/ABLATION.md. Other `distill run` flags after the
+    options go to every run (e.g. --repeats 3)."""
+    from benchmarks.ablation import run_ablation
+
+    from .pipeline import setup_logging
+
+    setup_logging()
+    try:
+        res = run_ablation(config, out, [v.strip() for v in variants.split(",") if v.strip()], list(ctx.args), table_only)
+    except DistillError as e:
+        _fail(e)
+    typer.echo((out / "ABLATION.md").read_text())
+    typer.echo(f"done: {out} ({len(res['rows'])} rows)")
+
+
 def main() -> None:  # console script entry point
     app()
 
