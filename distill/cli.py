@@ -67,7 +67,7 @@ def run(
     student_batch_size: int = typer.Option(16, help="Student batch size."),
     repeats: int = typer.Option(1, help="Number of student seeds (seed, seed+1, ...); results as mean and std. With --resume it may change: more seeds are added to the run, fewer report the first ones."),
     weak_teacher_margin: Optional[str] = typer.Option("3", help="Leave a teacher out of distillation when its dev macro-F1 is more than this many points below the best teacher's ('none' keeps every teacher)."),
-    select_student: str = typer.Option("dev", help="dev = the run's student is the no-KD baseline when it beats the main strategy on mean dev macro-F1 (needs nokd in --baselines); strategy = always the main strategy."),
+    select_student: str = typer.Option("dev", help="dev = the run's student is the no-KD baseline unless the main strategy's dev macro-F1 gain over it, paired by seed, is at least one standard error of the per-seed differences (one seed: unless it is below; needs nokd in --baselines); strategy = always the main strategy."),
     set_: List[str] = typer.Option([], "--set", help="Strategy setting STRATEGY.FIELD=VALUE (repeatable), e.g. --set camkd.alpha=0.7 --set mtbert.w_hid=0.1; FIELD=VALUE sets it on every strategy of the run that has it. `distill strategies` lists them all."),
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N."),
     precision: str = typer.Option("auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 | fp16."),
