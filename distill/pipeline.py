@@ -384,7 +384,7 @@ def _train_and_report(cfg: RunConfig, P: Prepared, run_dir: Path, state: RunStat
     state.mark("timer", timer.times)
 
     report = build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teacher_rec, cache_info,
-                          timer.times, device, precision, store)
+                          timer.times, device, precision, store, previous=run_dir / "report.json")
     atomic_write_json(run_dir / "report.json", report)
     atomic_write_text(run_dir / "report.md", render_markdown(report))
     state.mark("report")

@@ -36,10 +36,13 @@ def _weights_over_seeds(rs: list[dict]) -> dict | None:
 
 
 def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teacher_rec, cache_info, times, device,
-                 precision, store) -> dict:
+                 precision, store, previous=None) -> dict:
     """Assemble ``report.json``: data and split, teachers, ensemble, every student strategy (mean ± std
     over seeds of accuracy/macro-F1, epoch seconds, samples/s, final-epoch loss components, the
-    teacher-weight summary), the saved student, compression ratios, cache, wall times and system."""
+    teacher-weight summary), the saved student, compression ratios, cache, wall times and system.
+
+    ``previous``: the run's existing ``report.json`` (a ``--resume``); its ``reference`` section, written
+    by ``distill reference`` on the same split and labelled texts, is kept."""
     import transformers
 
     student_params = best["params"]
@@ -101,7 +104,20 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
                    "torch": torch.__version__, "transformers": transformers.__version__,
                    "python": platform.python_version()},
+        **_kept_sections(previous),
     }
+
+
+def _kept_sections(previous) -> dict:
+    """The sections of an earlier ``report.json`` that other commands added (``reference``); {} when none
+    or when the file is unreadable (it is rewritten whole anyway)."""
+    import json
+
+    try:
+        old = json.loads(previous.read_text()) if previous is not None and previous.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return {k: old[k] for k in ("reference",) if k in old}
 
 
 def parallel_record(cfg) -> dict:
