@@ -37,6 +37,7 @@ from pathlib import Path
 
 from distill.config import RunConfig, load_job_file
 from distill.errors import DistillError
+from distill.report import pm
 from distill.runio import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("distill.ablate")
@@ -64,7 +65,7 @@ def _job(config: Path) -> RunConfig:
 
 
 def plan(config: Path, out: Path, variants: list[str], extra: list[str]) -> list[dict]:
-    """The runs of the ablation: ``[{"name", "label", "out", "set": [...], "same_as_full": bool, "cmd": [...]}]``.
+    """The runs of the ablation: ``[{"name", "label", "out", "same_as_full": bool, "cmd": [...]}]``.
 
     Raises:
         DistillError: unknown variant name, or a job whose strategy is not mtbert.
@@ -76,23 +77,14 @@ def plan(config: Path, out: Path, variants: list[str], extra: list[str]) -> list
     base = cfg.strategy_settings("mtbert")
     store = [] if cfg.teacher_store or any(a.startswith("--teacher-store") for a in extra) else \
         ["--teacher-store", str(out / "teachers")]
-    runs = [{"name": "full", "label": "full (the job as given)", "out": out / "full", "set": [], "same_as_full": False,
-             "baselines": None}]
+    runs = [{"name": "full", "label": "full (the job as given)", "out": out / "full", "same_as_full": False, "args": []}]
     for v in variants:
         field, value, label = VARIANTS[v]
-        same = getattr(base, field) == value
-        runs.append({"name": v, "label": label, "out": out / v, "set": [f"mtbert.{field}={str(value).lower()}"],
-                     "same_as_full": same, "baselines": ""})
+        runs.append({"name": v, "label": label, "out": out / v, "same_as_full": getattr(base, field) == value,
+                     "args": ["--baselines", "", "--set", f"mtbert.{field}={str(value).lower()}"]})
     for r in runs:
-        cmd = [sys.executable, "-m", "distill.cli", "run", "--config", str(config), "--out", str(r["out"]), *store]
-        if r["baselines"] is not None:
-            cmd += ["--baselines", r["baselines"]]
-        for s in r["set"]:
-            cmd += ["--set", s]
-        cmd += list(extra)
-        if (r["out"] / "state.json").is_file():
-            cmd.append("--resume")
-        r["cmd"] = cmd
+        r["cmd"] = [sys.executable, "-m", "distill.cli", "run", "--config", str(config), "--out", str(r["out"]),
+                    *store, *r.pop("args"), *extra] + (["--resume"] if (r["out"] / "state.json").is_file() else [])
     return runs
 
 
@@ -136,10 +128,6 @@ def collect(runs: list[dict]) -> dict:
             "decisions": full.get("decisions", []), "data": full.get("data")}
 
 
-def _pm(d: dict) -> str:
-    return f"{d['mean']:.2f} ± {d['std']:.2f}" if len(d["values"]) > 1 else f"{d['mean']:.2f}"
-
-
 def render(res: dict, title: str) -> str:
     """The ablation table as markdown (macro-F1 %, mean ± sample std over seeds)."""
     has_nokd = any(r["name"] == "nokd" for r in res["rows"])
@@ -155,7 +143,7 @@ def render(res: dict, title: str) -> str:
             L.append(f"| {r['label']} | not run | | |" + (" |" if has_nokd else ""))
             continue
         d = r["delta_full"]
-        line = (f"| {r['label']}{' (= full)' if r.get('same_as_full') else ''} | {_pm(r['dev'])} | {_pm(r['test'])} | "
+        line = (f"| {r['label']}{' (= full)' if r.get('same_as_full') else ''} | {pm(r['dev'])} | {pm(r['test'])} | "
                 f"{d['dev']:+.2f} / {d['test']:+.2f} |")
         if has_nokd:
             n = r["delta_nokd"]

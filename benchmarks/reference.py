@@ -31,7 +31,7 @@ import numpy as np
 
 from distill.errors import DistillError
 from distill.metrics import classification_metrics
-from distill.report import mean_std
+from distill.report import mean_std, pm
 from distill.runio import atomic_dir, atomic_write_json, atomic_write_text
 
 from .common import machine_info, timed_runs
@@ -256,10 +256,6 @@ def run_reference(run_dir: str | Path, models: tuple[str, ...] = MODELS, setfit_
     return res
 
 
-def _pm(d: dict) -> str:
-    return f"{d['mean']:.2f} ± {d['std']:.2f}" if len(d["values"]) > 1 else f"{d['mean']:.2f}"
-
-
 def render_reference(res: dict) -> str:
     """Markdown table: every reference model and the run's students, same split, same measurements."""
     ens = res["ensemble_params"]
@@ -269,14 +265,14 @@ def render_reference(res: dict) -> str:
          "batch-1 ms | batch-32 ms | train s | note |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in res["models"]:
         L.append(f"| {r['model']} | {r['params'] / 1e6:.2f}M | {100 * r['params'] / ens:.1f}% | {r['file_mb']:.1f} | "
-                 f"{_pm(r['dev']['macro_f1'])} | {_pm(r['test']['accuracy'])} | {_pm(r['test']['macro_f1'])} | "
+                 f"{pm(r['dev']['macro_f1'])} | {pm(r['test']['accuracy'])} | {pm(r['test']['macro_f1'])} | "
                  f"{r['latency_ms']['b1']:.1f} | {r['latency_ms']['b32']:.1f} | {r['train_s']['mean']:.0f} | "
                  f"{r['note']}{' (' + str(r['seeds']) + ' seeds)' if r['seeded'] else ''} |")
     st = res["student"]
     for name, s in st["strategies"].items():
         L.append(f"| student: {name} | {st['params'] / 1e6:.2f}M | {100 * st['params'] / ens:.1f}% | "
-                 f"{st['file_mb'] or 0:.1f} | {_pm(s['dev']['macro_f1'])} | {_pm(s['test']['accuracy'])} | "
-                 f"{_pm(s['test']['macro_f1'])} | {st['latency_ms']['b1']:.1f} | {st['latency_ms']['b32']:.1f} | "
+                 f"{st['file_mb'] or 0:.1f} | {pm(s['dev']['macro_f1'])} | {pm(s['test']['accuracy'])} | "
+                 f"{pm(s['test']['macro_f1'])} | {st['latency_ms']['b1']:.1f} | {st['latency_ms']['b32']:.1f} | "
                  f"see report.md | {st['backend'].split(' (')[0]} |")
     L.append("\nLatency: median wall time on this machine's CPU of one call on 1 or 32 dev texts, tokenisation "
              "included; the students share one architecture, so both rows show the saved student's latency. "

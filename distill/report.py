@@ -129,7 +129,8 @@ def parallel_record(cfg) -> dict:
             "teacher_batch_per_rank": cfg.teacher_batch_size, "teacher_global_batch": cfg.teacher_batch_size * w.size}
 
 
-def _pm(d: dict, digits: int = 2) -> str:
+def pm(d: dict, digits: int = 2) -> str:
+    """``"mean ± std"`` of a :func:`mean_std` dict (just the mean for a single value)."""
     if len(d.get("values", [])) > 1:
         return f"{d['mean']:.{digits}f} ± {d['std']:.{digits}f}"
     return f"{d['mean']:.{digits}f}"
@@ -182,8 +183,8 @@ def render_markdown(r: dict) -> str:
     for name, s in r["strategies"].items():
         label = f"student: {name}" + (" (the run's student)" if name == st["strategy"] else "")
         L.append(f"| {label} | {st['params'] / 1e6:.1f}M | {_mb(st['file_mb']) if name == st['strategy'] else '-'} | "
-                 f"{_pm(s['dev']['accuracy'])} | {_pm(s['dev']['macro_f1'])} | {_pm(s['test']['accuracy'])} | "
-                 f"{_pm(s['test']['macro_f1'])} |")
+                 f"{pm(s['dev']['accuracy'])} | {pm(s['dev']['macro_f1'])} | {pm(s['test']['accuracy'])} | "
+                 f"{pm(s['test']['macro_f1'])} |")
     L.append("")
     L.append(f"Student results are mean ± std (sample std) over {cfg['repeats']} seed(s). The saved student "
              f"(`student/`) is seed {st['seed']} of `{st['strategy']}` (best dev macro-F1): test acc "
@@ -235,7 +236,7 @@ def render_markdown(r: dict) -> str:
         comps = ", ".join(f"{k} {v:.4f}" for k, v in (s.get("final_epoch_components") or {}).items())
         peak = f"{s['peak_memory_mb']:.0f}" if s.get("peak_memory_mb") else "-"
         added = f"{s['added_memory_mb']:.0f}" if s.get("added_memory_mb") is not None else "-"
-        L.append(f"| {name} | {_pm(s['epoch_seconds'], 1)} | {_pm(s['samples_per_s'], 1)} | {peak} | {added} | "
+        L.append(f"| {name} | {pm(s['epoch_seconds'], 1)} | {pm(s['samples_per_s'], 1)} | {peak} | {added} | "
                  f"{comps or '-'} |")
     L.append("")
     par = r.get("parallel") or {}
@@ -324,7 +325,7 @@ def _comparison_section(r: dict) -> list[str]:
         w = s.get("teacher_weights")
         mean = " / ".join(f"{x:.2f}" for x in w["mean"]) if w else "-"
         dom = " / ".join(f"{100 * x:.0f}%" for x in w["dominant_share"]) if w else "-"
-        L.append(f"| {name} | {_pm(s['test']['accuracy'])} | {_pm(s['test']['macro_f1'])} | {delta} | "
-                 f"{_pm(s['epoch_seconds'], 1)} | {mean} | {dom} |")
+        L.append(f"| {name} | {pm(s['test']['accuracy'])} | {pm(s['test']['macro_f1'])} | {delta} | "
+                 f"{pm(s['epoch_seconds'], 1)} | {mean} | {dom} |")
     L.append("")
     return L
