@@ -37,7 +37,8 @@ from .runio import (RunState, atomic_write_json, atomic_write_text, check_writab
 from .split import stratified_split
 from .strategies import build_strategy
 from .students import quiz_rows, specs, student_phase
-from .teachers import get_teachers, teacher_fingerprint, teacher_outputs_phase, teacher_report, teacher_store_root
+from .teachers import (get_teachers, given_head_dim, given_teacher_meta, teacher_fingerprint, teacher_outputs_phase,
+                       teacher_report, teacher_store_root)
 from .tokens import Tokenized, same_tokenization
 from .transfer import TransferSet, build_transfer, masked_labels
 
@@ -94,6 +95,7 @@ class Prepared:
     teacher_paths: list[Path]
     teacher_cfgs: list
     teacher_toks: list
+    given: list  # per teacher: classifier.json of a finetuned classifier used as given, else None
     student_tok: object
     student_source: dict
     K: int
@@ -138,7 +140,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         P.teacher_paths.append(p)
         P.teacher_cfgs.append(c)
         P.teacher_toks.append(AutoTokenizer.from_pretrained(str(p), trust_remote_code=cfg.trust_remote_code))
-    P.head_dim = cfg.head_dim or min(c.hidden_size for c in P.teacher_cfgs)
+    P.given = [given_teacher_meta(p, n, P.ds.label_names) for p, n in zip(P.teacher_paths, cfg.teachers)]
+    P.head_dim = given_head_dim(cfg, P)
     # student
     # the smallest teacher by (hidden size^2 * depth): the default source of the student and its tokenizer
     smallest = min(range(len(P.teacher_cfgs)),

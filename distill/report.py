@@ -210,6 +210,9 @@ def render_markdown(r: dict) -> str:
              f"teachers with hidden size != {cfg['head_dim'] or 'the smallest'} use a per-teacher linear projection "
              f"before the shared head; {'top ' + str(tt['train_layers']) if tt['train_layers'] else 'all'} layers trainable; "
              f"{'reused from the teacher store' if tt.get('reused') else 'trained in this run'}.")
+    for name in tt.get("given") or []:
+        L.append(f"- Teacher `{name}`: a finetuned classifier for these labels, used as given (its own head; "
+                 "not co-finetuned).")
     for name, s in r["strategies"].items():
         L.append(f"- `{name}`: {s['description']} (teacher signal: {s['teacher_signal']}).")
     L.append(f"- Tokenizer rule for the hidden loss: {st['tokenizer_rule']}.")

@@ -47,8 +47,9 @@ def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int, stok: To
         enc = load_encoder(src["path"], num_layers=P.K)
     d = enc.config.hidden_size
     head = ClassificationHead(d, len(P.ds.label_names), cfg.query_dim, head_dropout(enc.config), pooling=cfg.pooling)
-    if cfg.student_head_init == "shared" and cfg.teacher_mode == "joint" and d == P.head_dim:
-        head.load_state_dict(teachers[0].head.state_dict())
+    shared = [i for i, g in enumerate(P.given) if g is None]  # the co-finetuned teachers share one head
+    if cfg.student_head_init == "shared" and cfg.teacher_mode == "joint" and shared and d == P.head_dim:
+        head.load_state_dict(teachers[shared[0]].head.state_dict())
     return EncoderClassifier(enc, head, d)
 
 

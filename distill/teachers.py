@@ -6,6 +6,10 @@ shared attentive-pooling + prediction head (with a per-teacher projection where 
 see :mod:`distill.modeling`). ``independent`` mode gives each teacher its own head (the paper's
 "w/o co-finetuning" ablation). The store folder is keyed by a fingerprint of the teachers, data,
 split and teacher settings.
+
+A teacher given as a *finetuned classifier folder* for the run's labels (a folder written by distill:
+a run's ``teachers/teacher_i`` or ``student``) is used as it is: it keeps its own head and is not
+co-finetuned (see :func:`given_teacher_meta`); the other teachers are co-finetuned as usual.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from . import cache as teacher_cache
 from . import distributed as D
 from .errors import DistillError
 from .metrics import classification_metrics, predict_logits, softmax_np
-from .modeling import (ClassificationHead, EncoderClassifier, count_params, head_dropout, load_classifier,
-                       load_encoder, save_classifier, weights_size_mb)
+from .modeling import (META_FILE, ClassificationHead, EncoderClassifier, count_params, head_dropout,
+                       load_classifier, load_encoder, save_classifier, weights_size_mb)
 from .runio import atomic_dir, atomic_write_json, fingerprint, load_checkpoint, save_checkpoint
 from .trainer import Batch, FitSettings, StepContext, adamw, fit
 
@@ -136,13 +140,71 @@ class CoFinetune(nn.Module):
         self.elapsed, self.best_state = state["elapsed"], state["best_state"]
 
 
+def given_teacher_meta(path: Path, name: str, label_names: list[str]) -> dict | None:
+    """``classifier.json`` of a teacher folder that is already a finetuned classifier for ``label_names``
+    (a folder written by distill, e.g. a run's ``teachers/teacher_0``), else None (a pre-trained encoder,
+    which gets a new head and is co-finetuned).
+
+    A distill classifier for *other* labels is treated as a pre-trained encoder (with a warning): its
+    encoder is finetuned again under a new head.
+
+    Raises:
+        DistillError: an unreadable ``classifier.json``, or a TextCNN folder (not a Transformer teacher).
+    """
+    f = Path(path) / META_FILE
+    if not f.is_file():
+        return None
+    try:
+        meta = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DistillError(f"teacher {name!r}: {f} is not valid JSON ({e}); restore the folder or pass the "
+                           "pre-trained encoder instead.") from None
+    if not str(meta.get("format", "")).startswith("distill-classifier/"):
+        return None
+    if meta.get("architecture") == "textcnn":
+        raise DistillError(f"teacher {name!r}: a TextCNN classifier cannot be a teacher (no Transformer layers); "
+                           "pass a Transformer encoder or classifier folder.")
+    if meta.get("label_names") != list(label_names):
+        log.warning("teacher %s is a finetuned classifier for other labels (%s, not %s): its encoder is finetuned "
+                    "again under a new head", name, meta.get("label_names"), list(label_names))
+        return None
+    return meta
+
+
+def given_head_dim(cfg, P) -> int:
+    """The head space size ``d_c``: ``--head-dim``, else that of the teachers given as finetuned classifiers
+    (their pooled features are distilled side by side with the co-finetuned teachers'), else the smallest
+    teacher hidden size.
+
+    Raises:
+        DistillError: given teachers whose pooled feature size differs from each other or from the run's.
+    """
+    given = {n: m for n, m in zip(cfg.teachers, P.given) if m is not None}
+    if not given:
+        return cfg.head_dim or min(c.hidden_size for c in P.teacher_cfgs)
+
+    def feature(dim, pooling):  # the pooled feature's size (the TextCNN head's is fixed)
+        return None if pooling == "cnn" else dim
+
+    want = cfg.head_dim or min(m["head_dim"] for m in given.values())
+    if {feature(m["head_dim"], m.get("pooling", "attentive")) for m in given.values()} != {feature(want, cfg.pooling)}:
+        listed = ", ".join(f"{n} (head dim {m['head_dim']}, {m.get('pooling', 'attentive')} pooling)"
+                           for n, m in given.items())
+        raise DistillError(f"teachers given as finetuned classifiers must share the run's head space: {listed} vs "
+                           f"--head-dim {want}, --pooling {cfg.pooling}. Their pooled features are distilled side by "
+                           "side; give classifiers with one head size and pooling (and the same --pooling), or "
+                           "their pre-trained encoders instead.")
+    return want
+
+
 def teacher_fingerprint(cfg, P) -> str:
     """Key of the teacher store folder: teachers (config and weight size), data, training split and settings."""
     def wsize(p):
         return sum(f.stat().st_size for f in Path(p).glob("*.safetensors"))
 
     return fingerprint({
-        "teachers": [[n, str(P.teacher_cfgs[i].to_dict()), wsize(P.teacher_paths[i])] for i, n in enumerate(cfg.teachers)],
+        "teachers": [[n, str(P.teacher_cfgs[i].to_dict()), wsize(P.teacher_paths[i])]
+                     + ([{"given": P.given[i]}] if P.given[i] is not None else []) for i, n in enumerate(cfg.teachers)],
         "data": P.ds.source, "labels": P.ds.label_names,
         "train": fingerprint([P.ds.ids[i] for i in P.split.train]),
         "train_labels": fingerprint([P.ds.labels[i] for i in P.split.train]),
@@ -175,16 +237,25 @@ def teacher_store_root(option: str | None, run_dir: Path) -> Path:
 
 
 def build_teachers(cfg, P) -> list[EncoderClassifier]:
-    """Pre-trained teacher encoders with the shared (``joint``) or own (``independent``) heads."""
+    """Pre-trained teacher encoders with the shared (``joint``) or own (``independent``) heads; a teacher
+    given as a finetuned classifier (``P.given[i]``) is loaded as it is, with its own head."""
     torch.manual_seed(cfg.seed)
     C = len(P.ds.label_names)
     shared = ClassificationHead(P.head_dim, C, cfg.query_dim, head_dropout(P.teacher_cfgs[0]), pooling=cfg.pooling)
     out = []
-    for p, c in zip(P.teacher_paths, P.teacher_cfgs):
+    for p, c, given in zip(P.teacher_paths, P.teacher_cfgs, P.given):
+        if given is not None:
+            out.append(load_classifier(p)[0])
+            continue
         head = shared if cfg.teacher_mode == "joint" else ClassificationHead(P.head_dim, C, cfg.query_dim,
                                                                              head_dropout(c), pooling=cfg.pooling)
         out.append(EncoderClassifier(load_encoder(p, trust_remote_code=cfg.trust_remote_code), head, P.head_dim))
     return out
+
+
+def cofinetuned(P) -> list[int]:
+    """Indices of the teachers co-finetuned by the run (all but those given as finetuned classifiers)."""
+    return [i for i, g in enumerate(P.given) if g is None]
 
 
 def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -> tuple[list[EncoderClassifier], dict]:
@@ -217,18 +288,24 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
     resume = load_checkpoint(ckpt) if ckpt.is_file() else None
     if resume is not None:
         log.info("resuming teacher co-finetuning after epoch %d", len(resume["logs"]))
-    log.info("co-finetuning %d teacher(s) (%s, %s layers trainable) on %d examples, %d epoch(s)",
-             len(teachers), cfg.teacher_mode, f"top {cfg.teacher_train_layers}" if cfg.teacher_train_layers else "all", len(P.split.train), cfg.teacher_epochs)
+    train = cofinetuned(P)
+    for i, name in enumerate(cfg.teachers):
+        if i not in train:
+            log.info("teacher %s: a finetuned classifier for these labels, used as given (not co-finetuned)", name)
+    if train:
+        log.info("co-finetuning %d teacher(s) (%s, %s layers trainable) on %d examples, %d epoch(s)", len(train),
+                 cfg.teacher_mode, f"top {cfg.teacher_train_layers}" if cfg.teacher_train_layers else "all",
+                 len(P.split.train), cfg.teacher_epochs)
     t0 = time.perf_counter()
     logs, best_epoch = [], None
-    for t in teachers:
-        freeze_lower_layers(t, cfg.teacher_train_layers)
-    if cfg.teacher_epochs > 0:
+    for i in train:
+        freeze_lower_layers(teachers[i], cfg.teacher_train_layers)
+    if cfg.teacher_epochs > 0 and train:
         fs = FitSettings(cfg.teacher_epochs, cfg.teacher_batch_size, cfg.teacher_lr, cfg.head_lr, cfg.weight_decay,
                          cfg.warmup, cfg.seed)
-        method = CoFinetune(toks, P.split.dev, P.ds.labels, len(P.ds.label_names), cfg.teacher_patience,
-                            cfg.teacher_time_budget, cfg.eval_batch_size)
-        model = nn.ModuleList(teachers)
+        method = CoFinetune([toks[i] for i in train], P.split.dev, P.ds.labels, len(P.ds.label_names),
+                            cfg.teacher_patience, cfg.teacher_time_budget, cfg.eval_batch_size)
+        model = nn.ModuleList([teachers[i] for i in train])
         logs = fit(method, model, P.ds.labels, P.split.train, fs, device=device,
                    precision=precision, checkpoint=lambda st: save_checkpoint(ckpt, st), resume_state=resume,
                    order_seed=lambda e: cfg.seed + e, seed_torch=False, desc="co-finetune teachers").logs
@@ -243,7 +320,8 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
     seconds = time.perf_counter() - t0
     rec = {"epochs": [vars(e) for e in logs], "seconds": seconds, "mode": cfg.teacher_mode,
            "train_layers": cfg.teacher_train_layers, "reused": False,
-           "best_epoch": best_epoch if cfg.teacher_epochs > 0 else None,
+           "best_epoch": best_epoch if cfg.teacher_epochs > 0 and train else None,
+           "given": [n for i, n in enumerate(cfg.teachers) if i not in train],
            "stopped": next((e.extra["stopped"] for e in logs if e.extra.get("stopped")), None) if logs else None,
            **({"world_size": W.size, "global_batch": cfg.teacher_batch_size * W.size} if W.size > 1 else {})}
     if W.main:  # the ranks' teachers are identical (DDP): one writer
@@ -301,8 +379,9 @@ def teacher_report(cfg, P, teachers, outs: list[dict], run_dir: Path):
     ens = {part: classification_metrics(np.mean([softmax_np(o[part]) for o in outs], 0), y[part], C)
            for part in ("dev", "test")}
     ens_params = sum(m["params"] for m in metrics)
-    if cfg.teacher_mode == "joint":
-        ens_params -= (len(teachers) - 1) * count_params(teachers[0].head)
+    shared = cofinetuned(P)
+    if cfg.teacher_mode == "joint" and len(shared) > 1:  # the co-finetuned teachers' one head, counted once
+        ens_params -= (len(shared) - 1) * count_params(teachers[shared[0]].head)
     for m in metrics:
         log.info("teacher %s: test acc %.2f macro-F1 %.2f", m["name"], m["test"]["accuracy"], m["test"]["macro_f1"])
     log.info("ensemble: test acc %.2f macro-F1 %.2f", ens["test"]["accuracy"], ens["test"]["macro_f1"])
