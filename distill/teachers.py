@@ -55,7 +55,8 @@ class CoFinetune(nn.Module):
 
     The teachers are the trained ``model`` (an ``nn.ModuleList``); each reads its own tokenisation
     ``toks[i]``. One AdamW: encoder parameters at ``lr``, heads and projections at ``head_lr``
-    (a shared head is counted once). Logged components: ``ce_teacher_i``.
+    (a shared head is counted once). Logged components: ``ce_teacher_i``, ``i`` the teacher's number in the
+    run (``indices``; teachers used as given are not in ``toks``).
 
     Early stopping (``patience`` and/or ``budget_s``): after every epoch each teacher is evaluated on
     the dev rows; training stops when the mean of the teachers' dev macro-F1 (%) has not improved for
@@ -66,8 +67,9 @@ class CoFinetune(nn.Module):
 
     def __init__(self, toks: list, dev_rows: list[int] | None = None, labels: list[int] | None = None,
                  num_labels: int = 0, patience: int | None = None, budget_s: float | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, indices: list[int] | None = None):
         super().__init__()
+        self.indices = list(indices) if indices is not None else list(range(len(toks)))  # run's teacher numbers
         self.toks, self.dev_rows, self.labels, self.num_labels = toks, dev_rows or [], labels, num_labels
         self.patience, self.budget_s, self.batch_size = patience, budget_s, batch_size
         self.best_f1, self.best_epoch, self.bad, self.elapsed, self.best_state = -1.0, 0, 0, 0.0, None
@@ -95,7 +97,7 @@ class CoFinetune(nn.Module):
                 ids, mask = tk.batch(batch.rows, ctx.device)
                 ce = nn.functional.cross_entropy(t(ids, mask).logits.float(), batch.labels)
                 loss = loss + ce
-                parts[f"ce_teacher_{i}"] = ce.detach()
+                parts[f"ce_teacher_{self.indices[i]}"] = ce.detach()
         return {"loss": loss, **parts}
 
     def on_epoch_start(self, ctx):
@@ -107,7 +109,7 @@ class CoFinetune(nn.Module):
             return None
         y = [self.labels[r] for r in self.dev_rows]
         f1 = [classification_metrics(predict_logits(t, tk, self.dev_rows, ctx.device, self.batch_size, ctx.precision,
-                                                    f"teacher {i} dev"), y, self.num_labels)["macro_f1"]
+                                                    f"teacher {self.indices[i]} dev"), y, self.num_labels)["macro_f1"]
               for i, (t, tk) in enumerate(zip(ctx.model, self.toks))]
         score = float(np.mean(f1))
         out = {"dev_macro_f1": f1, "dev_mean_macro_f1": score}
@@ -304,7 +306,7 @@ def get_teachers(cfg, P, toks: list, store: Path, device: str, precision: str) -
         fs = FitSettings(cfg.teacher_epochs, cfg.teacher_batch_size, cfg.teacher_lr, cfg.head_lr, cfg.weight_decay,
                          cfg.warmup, cfg.seed)
         method = CoFinetune([toks[i] for i in train], P.split.dev, P.ds.labels, len(P.ds.label_names),
-                            cfg.teacher_patience, cfg.teacher_time_budget, cfg.eval_batch_size)
+                            cfg.teacher_patience, cfg.teacher_time_budget, cfg.eval_batch_size, indices=train)
         model = nn.ModuleList([teachers[i] for i in train])
         logs = fit(method, model, P.ds.labels, P.split.train, fs, device=device,
                    precision=precision, checkpoint=lambda st: save_checkpoint(ckpt, st), resume_state=resume,

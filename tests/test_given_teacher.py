@@ -36,7 +36,7 @@ def test_a_finetuned_teacher_folder_is_used_as_given(tmp_path, tiny_teachers, ti
     # only the other teacher was co-finetuned (one CE term per epoch), and it did learn
     rec = json.loads(next((tmp_path / "s2").glob("*/teachers.json")).read_text())
     assert rec["given"] == [str(given)] and len(rec["epochs"]) == 2
-    assert all(set(e["components"]) == {"ce_teacher_0"} for e in rec["epochs"])
+    assert all(set(e["components"]) == {"ce_teacher_1"} for e in rec["epochs"])  # the run's numbering
     assert "used as given" in (out / "report.md").read_text()
     # a second run with the same teachers reuses the store entry
     r3 = _run(tmp_path / "third", [given, tiny_teachers[1]], tiny_csv, baselines="", student_epochs=1,
