@@ -1,8 +1,6 @@
 """The whole `distill run` on tiny models: run folder, report, resume, teacher reuse and error messages."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner

@@ -9,7 +9,6 @@ import json
 import shutil
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
