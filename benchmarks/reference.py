@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -158,11 +159,13 @@ def setfit_clf(data: dict, out: Path, seed: int, teacher_path: Path, max_length:
     t0 = time.perf_counter()
     model = SetFitModel.from_pretrained(str(teacher_path), device="cpu")
     model.model_body.max_seq_length = max_length
-    args = TrainingArguments(output_dir=str(out / ".setfit-tmp"), batch_size=16, num_epochs=1, max_steps=steps,
-                             num_iterations=5, seed=seed, report_to="none", show_progress_bar=False,
-                             save_strategy="no", max_length=max_length)
     ds = Dataset.from_dict({"text": data["train"][0], "label": data["train"][1]})
-    Trainer(model=model, args=args, train_dataset=ds).train()
+    # SetFit's trainer wants an output folder even with save_strategy="no"; keep it out of the run folder
+    with tempfile.TemporaryDirectory(prefix="setfit-") as scratch:
+        args = TrainingArguments(output_dir=scratch, batch_size=16, num_epochs=1, max_steps=steps,
+                                 num_iterations=5, seed=seed, report_to="none", show_progress_bar=False,
+                                 save_strategy="no", max_length=max_length)
+        Trainer(model=model, args=args, train_dataset=ds).train()
     train_s = time.perf_counter() - t0
     with atomic_dir(out / f"setfit-seed{seed}") as tmp:
         model.model_body.save(str(tmp / "body"), safe_serialization=True)

@@ -35,6 +35,8 @@ def test_reference_models_on_the_run_split(ref_run):
     # weights are stored without pickle
     files = [p.name for p in (ref_run / "reference").rglob("*") if p.is_file()]
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".joblib", ".bin"))], files
+    # SetFit's trainer scratch folder is not left in the run
+    assert not [p for p in (ref_run / "reference").iterdir() if p.name.startswith(".")], list((ref_run / "reference").iterdir())
     md = (ref_run / "reference" / "REFERENCE.md").read_text()
     assert "4 contrastive steps (CPU cap)" in md and "student: mtbert" in md
     assert json.loads((ref_run / "report.json").read_text())["reference"]["models"][0]["model"] == "TF-IDF + LR"
