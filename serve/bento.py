@@ -7,6 +7,7 @@ build staging folder (its own ``.gitignore`` keeps it out of git); this module f
 
     python -m serve.bento runs/bbc                 # int8 model only (smallest bento)
     python -m serve.bento runs/bbc --models int8,fp32
+    python -m serve.bento runs/bbc --models fp16,fp32 --gpu   # requires onnxruntime-gpu instead
     bentoml serve news_classifier:latest           # 127.0.0.1:3000 (service config)
     bentoml serve news_classifier:latest --port 3001
 
@@ -22,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,16 +64,42 @@ def stage_export(export_dir: str | Path, dest: str | Path | None = None, models:
     return dest
 
 
-def build_bento(build_ctx: str | Path = ROOT, env: dict[str, str] | None = None, timeout_s: float = 300) -> str:
+def gpu_bentofile(bentofile: str | Path, dest: str | Path) -> Path:
+    """Write to ``dest`` a copy of ``bentofile`` whose python packages require ``onnxruntime-gpu``
+    in place of ``onnxruntime`` (same version bound). The service picks the CUDA execution provider
+    when it is available (:class:`serve.runtime.TextClassifierRuntime`), so this is the only change.
+
+    Raises:
+        ValueError: the bentofile lists no ``onnxruntime`` requirement to swap.
+    """
+    import yaml
+
+    spec = yaml.safe_load(Path(bentofile).read_text())
+    pkgs = spec.get("python", {}).get("packages", [])
+    swapped = [re.sub(r"^onnxruntime(?![-\w])", "onnxruntime-gpu", p) for p in pkgs]
+    if swapped == pkgs:
+        raise ValueError(f"{bentofile}: python.packages has no 'onnxruntime' requirement to swap for onnxruntime-gpu")
+    spec["python"]["packages"] = swapped
+    spec["labels"] = {**spec.get("labels", {}), "runtime": "onnxruntime-gpu"}
+    Path(dest).write_text(yaml.safe_dump(spec, sort_keys=False))
+    return Path(dest)
+
+
+def build_bento(build_ctx: str | Path = ROOT, env: dict[str, str] | None = None, timeout_s: float = 300,
+                gpu: bool = False) -> str:
     """``bentoml build`` in ``build_ctx`` (which holds ``bentofile.yaml``); returns the bento tag.
+    With ``gpu`` the bento requires ``onnxruntime-gpu`` instead of ``onnxruntime`` (see :func:`gpu_bentofile`).
 
     Raises:
         RuntimeError: the build failed (its output is in the message).
     """
     full_env = dict(os.environ, **(env or {}))
     full_env.setdefault("BENTOML_DO_NOT_TRACK", "True")
-    res = subprocess.run([sys.executable, "-m", "bentoml", "build", str(build_ctx), "--output", "tag"],
-                         capture_output=True, text=True, env=full_env, timeout=timeout_s, cwd=str(build_ctx))
+    with tempfile.TemporaryDirectory(prefix="bentofile-") as tmp:
+        cmd = [sys.executable, "-m", "bentoml", "build", str(build_ctx), "--output", "tag"]
+        if gpu:
+            cmd += ["--bentofile", str(gpu_bentofile(Path(build_ctx) / "bentofile.yaml", Path(tmp) / "bentofile.yaml"))]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout_s, cwd=str(build_ctx))
     out = res.stdout + res.stderr
     m = re.search(r"__tag__:(\S+)", out) or re.search(r"(news_classifier:[a-z0-9]+)", out)
     if res.returncode != 0 or not m:
@@ -84,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("export", help="export folder or run folder (with export/)")
     ap.add_argument("--models", default="int8", help="comma-separated model kinds to pack (int8,fp32,fp16)")
     ap.add_argument("--no-build", action="store_true", help="only stage serve/model")
+    ap.add_argument("--gpu", action="store_true", help="the bento requires onnxruntime-gpu instead of onnxruntime "
+                    "(the service then uses the CUDA execution provider when a GPU is present)")
     a = ap.parse_args(argv)
     dest = stage_export(a.export, models=tuple(k.strip() for k in a.models.split(",") if k.strip()))
     print(f"staged {dest}")
     if not a.no_build:
-        tag = build_bento(ROOT)
+        tag = build_bento(ROOT, gpu=a.gpu)
         print(f"built {tag}\nserve it: bentoml serve {tag}   (127.0.0.1:3000)")
     return 0
 

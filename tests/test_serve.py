@@ -316,6 +316,32 @@ def test_bento_builds_offline_and_serves_its_model(tiny_export, tmp_path):
         assert listening and all(k.laddr.ip == "127.0.0.1" for k in listening), listening
 
 
+def test_gpu_bento_requires_onnxruntime_gpu(tiny_export, tmp_path):
+    """`python -m serve.bento --gpu`: the same bento, but its python requirements name onnxruntime-gpu
+    (same version bound) and not the CPU onnxruntime; the repo's bentofile.yaml is left unchanged."""
+    from serve.bento import build_bento, gpu_bentofile, stage_export
+
+    before = (ROOT / "bentofile.yaml").read_text()
+    ctx = tmp_path / "ctx"
+    (ctx / "serve").mkdir(parents=True)
+    shutil.copy2(ROOT / "bentofile.yaml", ctx / "bentofile.yaml")
+    for f in (ROOT / "serve").glob("*.py"):
+        shutil.copy2(f, ctx / "serve" / f.name)
+    stage_export(tiny_export, ctx / "serve" / "model")
+    home = {"BENTOML_HOME": str(tmp_path / "bentoml-home")}
+    tag = build_bento(ctx, env=home, timeout_s=240, gpu=True)
+    bento = tmp_path / "bentoml-home" / "bentos" / tag.replace(":", "/")
+    reqs = [r.strip() for r in (bento / "env" / "python" / "requirements.txt").read_text().splitlines()]
+    assert any(r.startswith("onnxruntime-gpu>=") for r in reqs), reqs
+    assert not any(r.startswith("onnxruntime>=") or r == "onnxruntime" for r in reqs), reqs
+    assert (ROOT / "bentofile.yaml").read_text() == before
+    # a bentofile without onnxruntime is refused with the file named
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("service: x\npython:\n  packages: [numpy]\n")
+    with pytest.raises(ValueError, match="bad.yaml: python.packages has no 'onnxruntime'"):
+        gpu_bentofile(bad, tmp_path / "out.yaml")
+
+
 # ------------------------------------------------------------------------------------------------
 # exports that missed their parity targets; the runtime stays light
 # ------------------------------------------------------------------------------------------------
