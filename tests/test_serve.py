@@ -284,12 +284,10 @@ def test_bentoml_internals_we_patch_exist():
 # ------------------------------------------------------------------------------------------------
 # the bento
 # ------------------------------------------------------------------------------------------------
-def test_bento_builds_offline_and_serves_its_model(tiny_export, tmp_path):
-    """`bentoml build` (lock_packages: false, so offline) of a copy of the build context with the
-    tiny export staged in serve/model, then `bentoml serve TAG` with no DISTILL_EXPORT_DIR and no
-    --host: the bento's own model answers, on 127.0.0.1."""
-    psutil = pytest.importorskip("psutil")
-    from serve.bento import build_bento, stage_export
+def _bento_context(tiny_export: Path, tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the bento build context (bentofile.yaml, serve/*.py) with the tiny export staged in
+    serve/model, and a BENTOML_HOME under tmp_path."""
+    from serve.bento import stage_export
 
     ctx = tmp_path / "ctx"
     (ctx / "serve").mkdir(parents=True)
@@ -298,6 +296,17 @@ def test_bento_builds_offline_and_serves_its_model(tiny_export, tmp_path):
         shutil.copy2(f, ctx / "serve" / f.name)
     stage_export(tiny_export, ctx / "serve" / "model")
     home = {"BENTOML_HOME": str(tmp_path / "bentoml-home")}
+    return ctx, home
+
+
+def test_bento_builds_offline_and_serves_its_model(tiny_export, tmp_path):
+    """`bentoml build` (lock_packages: false, so offline) of a copy of the build context with the
+    tiny export staged in serve/model, then `bentoml serve TAG` with no DISTILL_EXPORT_DIR and no
+    --host: the bento's own model answers, on 127.0.0.1."""
+    psutil = pytest.importorskip("psutil")
+    from serve.bento import build_bento
+
+    ctx, home = _bento_context(tiny_export, tmp_path)
     tag = build_bento(ctx, env=home, timeout_s=240)
     assert tag.startswith("news_classifier:")
     bento_src = tmp_path / "bentoml-home" / "bentos" / tag.replace(":", "/") / "src"
@@ -319,16 +328,10 @@ def test_bento_builds_offline_and_serves_its_model(tiny_export, tmp_path):
 def test_gpu_bento_requires_onnxruntime_gpu(tiny_export, tmp_path):
     """`python -m serve.bento --gpu`: the same bento, but its python requirements name onnxruntime-gpu
     (same version bound) and not the CPU onnxruntime; the repo's bentofile.yaml is left unchanged."""
-    from serve.bento import build_bento, gpu_bentofile, stage_export
+    from serve.bento import build_bento, gpu_bentofile
 
     before = (ROOT / "bentofile.yaml").read_text()
-    ctx = tmp_path / "ctx"
-    (ctx / "serve").mkdir(parents=True)
-    shutil.copy2(ROOT / "bentofile.yaml", ctx / "bentofile.yaml")
-    for f in (ROOT / "serve").glob("*.py"):
-        shutil.copy2(f, ctx / "serve" / f.name)
-    stage_export(tiny_export, ctx / "serve" / "model")
-    home = {"BENTOML_HOME": str(tmp_path / "bentoml-home")}
+    ctx, home = _bento_context(tiny_export, tmp_path)
     tag = build_bento(ctx, env=home, timeout_s=240, gpu=True)
     bento = tmp_path / "bentoml-home" / "bentos" / tag.replace(":", "/")
     reqs = [r.strip() for r in (bento / "env" / "python" / "requirements.txt").read_text().splitlines()]
