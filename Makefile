@@ -4,13 +4,15 @@
 
 VENV ?= .venv
 BIN := $(VENV)/bin
+# --resume when the run folder $(1) already holds a run, so rerunning a target continues it
+resume_if = $(if $(wildcard $(1)/state.json),--resume,)
 RUN ?= runs/default
 
 install:
 	bash scripts/install.sh
 
 run: install
-	$(BIN)/distill run --out $(RUN) $(if $(wildcard $(RUN)/state.json),--resume,)
+	$(BIN)/distill run --out $(RUN) $(call resume_if,$(RUN))
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -33,24 +35,24 @@ bench: install
 # then MT-BERT with w_hid 0.1.
 AG = --data ../shared/data/ag_news/test.csv --train-cap 3000 --max-length 64 --repeats 3 --student-epochs 4
 ag-news: install
-	$(BIN)/distill run $(AG) --baselines nokd --out runs/ag $(if $(wildcard runs/ag/state.json),--resume,)
-	$(BIN)/distill run $(AG) --baselines "" --set mtbert.w_hid=0.1 --out runs/ag-hid01 $(if $(wildcard runs/ag-hid01/state.json),--resume,)
+	$(BIN)/distill run $(AG) --baselines nokd --out runs/ag $(call resume_if,runs/ag)
+	$(BIN)/distill run $(AG) --baselines "" --set mtbert.w_hid=0.1 --out runs/ag-hid01 $(call resume_if,runs/ag-hid01)
 
 # The strategy comparison (issue: one trainer for every method): AG News as above, the same
 # co-finetuned teachers (teacher store shared with `make ag-news`), 3 student seeds of every strategy.
 # report.md's "Strategy comparison" table has test accuracy / macro-F1 (mean ± std), seconds per
 # epoch and the teacher-weight summary; "Which teacher taught what" breaks the weights down per class.
 compare-ag: install
-	$(BIN)/distill run --config examples/agnews-compare.yaml $(if $(wildcard runs/ag-compare/state.json),--resume,)
+	$(BIN)/distill run --config examples/agnews-compare.yaml $(call resume_if,runs/ag-compare)
 
 # AG News with a transfer set (issue: make distillation pay): 3,000 labelled texts + the rest of the
 # training part without labels (examples/agnews.yaml); then the reference models on that run's split.
 agnews-transfer: install
-	$(BIN)/distill run --config examples/agnews.yaml $(if $(wildcard runs/agnews/state.json),--resume,)
+	$(BIN)/distill run --config examples/agnews.yaml $(call resume_if,runs/agnews)
 
 # AG News as above with strong teachers (all layers, 3 epochs, early stopping on dev): examples/agnews-strong.yaml
 agnews-strong: install
-	$(BIN)/distill run --config examples/agnews-strong.yaml $(if $(wildcard runs/agnews-strong/state.json),--resume,)
+	$(BIN)/distill run --config examples/agnews-strong.yaml $(call resume_if,runs/agnews-strong)
 
 # MetaDistil in paper 004's table shape (issue: MetaDistil): AG News, training part capped at 1,000 (100 of them
 # the quiz set), max length 64, 3 seeds; two MiniLM teachers finetuned independently (own heads), 3 epochs, all
@@ -62,10 +64,10 @@ MD = --data ../shared/data/ag_news/test.csv --train-cap 1000 --max-length 64 --r
 	--teacher-mode independent --teacher-epochs 3 --teacher-train-layers 0 --strategy metadistil
 MD_TEACHER ?= 0
 metadistil-ag: install
-	$(BIN)/distill run $(MD) --baselines hinton,nokd --out runs/ag-meta $(if $(wildcard runs/ag-meta/state.json),--resume,)
-	$(BIN)/distill run $(MD) --baselines mtbert --set metadistil.teacher=$(MD_TEACHER) --out runs/ag-meta-1t $(if $(wildcard runs/ag-meta-1t/state.json),--resume,)
-	$(BIN)/distill run $(MD) --baselines "" --set metadistil.warmup_epochs=1 --out runs/ag-meta-warmup $(if $(wildcard runs/ag-meta-warmup/state.json),--resume,)
-	$(BIN)/distill run $(MD) --baselines "" --set metadistil.warmup_epochs=1 --set metadistil.noise_p=0.2 --out runs/ag-meta-noise $(if $(wildcard runs/ag-meta-noise/state.json),--resume,)
+	$(BIN)/distill run $(MD) --baselines hinton,nokd --out runs/ag-meta $(call resume_if,runs/ag-meta)
+	$(BIN)/distill run $(MD) --baselines mtbert --set metadistil.teacher=$(MD_TEACHER) --out runs/ag-meta-1t $(call resume_if,runs/ag-meta-1t)
+	$(BIN)/distill run $(MD) --baselines "" --set metadistil.warmup_epochs=1 --out runs/ag-meta-warmup $(call resume_if,runs/ag-meta-warmup)
+	$(BIN)/distill run $(MD) --baselines "" --set metadistil.warmup_epochs=1 --set metadistil.noise_p=0.2 --out runs/ag-meta-noise $(call resume_if,runs/ag-meta-noise)
 
 # MIND with strong teachers (examples/mind.yaml) and the MT-BERT ablation over it (MT-BERT Fig. 5 shape):
 # one teacher store, one run folder per row, runs/mind-ablation/ABLATION.md. Resumes when rerun.
@@ -78,10 +80,10 @@ mind-ablation: install
 WEAK = --teacher runs/weak-minilm/teachers/teacher_0 --teacher sentence-transformers/all-mpnet-base-v2 --repeats 3
 weak-teacher: install
 	$(BIN)/distill run --teacher sentence-transformers/all-MiniLM-L6-v2 --train-cap 300 --teacher-train-layers 1 \
-		--teacher-epochs 2 --baselines "" --student-epochs 1 --out runs/weak-minilm $(if $(wildcard runs/weak-minilm/state.json),--resume,)
-	$(BIN)/distill run $(WEAK) --out runs/weak-teacher $(if $(wildcard runs/weak-teacher/state.json),--resume,)
+		--teacher-epochs 2 --baselines "" --student-epochs 1 --out runs/weak-minilm $(call resume_if,runs/weak-minilm)
+	$(BIN)/distill run $(WEAK) --out runs/weak-teacher $(call resume_if,runs/weak-teacher)
 	$(BIN)/distill run $(WEAK) --baselines "" --weak-teacher-margin none --out runs/weak-teacher-norule \
-		$(if $(wildcard runs/weak-teacher-norule/state.json),--resume,)
+		$(call resume_if,runs/weak-teacher-norule)
 
 reference: install
 	$(BIN)/distill reference $(RUN)
