@@ -79,7 +79,7 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         "decisions": decisions,
         "teacher_selection": sel.to_dict(),
         "config": cfg.to_dict(),
-        "data": {"source": P.ds.source, "rows": len(P.ds), "label_names": P.ds.label_names,
+        "data": {"source": P.ds.source, "rows": len(P.ds) - P.transfer.from_file, "label_names": P.ds.label_names,
                  "split": {"seed": cfg.seed, "sizes": P.split.sizes(), "fractions": P.split.fractions,
                            "train_cap": cfg.train_cap},
                  "transfer": P.transfer.describe()},
@@ -148,7 +148,7 @@ def render_markdown(r: dict) -> str:
     L.append("# Distillation run report\n")
     d = r["data"]
     sp = d["split"]
-    L.append(f"**Data:** {d['source']} — {d['rows']} rows, {len(d['label_names'])} classes "
+    L.append(f"**Data:** {d['source']} — {d['rows']} labelled rows, {len(d['label_names'])} classes "
              f"({', '.join(d['label_names'])}).  ")
     L.append(f"**Split:** seed {sp['seed']}, train/dev/test = {sp['sizes']['train']}/{sp['sizes']['dev']}/"
              f"{sp['sizes']['test']} (stratified; fractions {', '.join(f'{x:.2f}' for x in sp['fractions'])}"

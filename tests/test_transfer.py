@@ -105,7 +105,8 @@ def test_run_with_a_transfer_set(tmp_path, tiny_teachers, tiny_csv):
     assert mt["train_texts"] == {"labelled": 60, "transfer": tr["texts"]}
     assert nokd["train_texts"] == {"labelled": 60, "transfer": 0}  # no teachers, nothing to learn from them
     assert mt["teacher_weights"]["texts"] == 60 + tr["texts"]
-    assert "Transfer set:" in (out / "report.md").read_text()
+    assert r["data"]["rows"] == 120  # the labelled file's rows; the transfer file's texts are counted apart
+    assert "120 labelled rows" in (md := (out / "report.md").read_text()) and "Transfer set:" in md
     from safetensors import safe_open
 
     cache = next(Path(r["teacher_store"]).rglob(f"outputs-{r['cache']['file'].split('-', 1)[1]}"))
