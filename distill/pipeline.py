@@ -264,7 +264,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
         raise
     if W.main:
         write_run_metadata(cfg, P, run_dir)
-    log.info("data: %s, %d rows, %d classes; split %s (seed %d)", P.ds.source, len(P.ds), len(P.ds.label_names),
+    log.info("data: %s, %d labelled rows, %d classes; split %s (seed %d)", P.ds.source,
+             P.transfer.labelled_rows(P.ds), len(P.ds.label_names),
              P.split.sizes(), cfg.seed)
     if P.transfer.rows:
         log.info("transfer set: %d unlabelled texts (%d from the training part, %d from %s)", len(P.transfer.rows),

@@ -79,7 +79,7 @@ def build_report(cfg, P, teacher_metrics, ens, ens_params, results, best, teache
         "decisions": decisions,
         "teacher_selection": sel.to_dict(),
         "config": cfg.to_dict(),
-        "data": {"source": P.ds.source, "rows": len(P.ds) - P.transfer.from_file, "label_names": P.ds.label_names,
+        "data": {"source": P.ds.source, "rows": P.transfer.labelled_rows(P.ds), "label_names": P.ds.label_names,
                  "split": {"seed": cfg.seed, "sizes": P.split.sizes(), "fractions": P.split.fractions,
                            "train_cap": cfg.train_cap},
                  "transfer": P.transfer.describe()},

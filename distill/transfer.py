@@ -58,6 +58,11 @@ class TransferSet:
         """Fingerprint of the transfer texts (None when empty): part of the teacher-output cache key."""
         return fingerprint([ds.texts[r] for r in self.rows]) if self.rows else None
 
+    def labelled_rows(self, ds: TextDataset) -> int:
+        """Rows of ``ds`` that came from the labelled data file: :func:`build_transfer` appends the
+        ``--unlabeled`` file's texts after them."""
+        return len(ds) - self.from_file
+
     def describe(self) -> dict:
         """The record written to ``split.json`` and the report."""
         return {"texts": len(self.rows), "from_train": self.from_train, "from_file": self.from_file,
