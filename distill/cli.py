@@ -43,7 +43,7 @@ def run(
     test_frac: float = typer.Option(0.2, help="Fraction of each class in the test part."),
     train_cap: Optional[int] = typer.Option(None, help="Cap the training part at this many examples (stratified sample)."),
     max_length: int = typer.Option(64, help="Max tokens per text (longer texts are truncated; 64 keeps the default job inside its CPU budget, news topics are decided early in a text)."),
-    unlabeled: Optional[str] = typer.Option(None, "--unlabeled", help="Transfer set: unlabelled in-domain texts the teachers label for the student (CSV/TSV/JSONL read with --text-col, a .txt file with one text per line, or any --data format; labels ignored). Texts equal to a dev/test text are refused."),
+    unlabeled: List[str] = typer.Option([], "--unlabeled", help="Transfer set: unlabelled in-domain texts the teachers label for the student (CSV/TSV/JSONL read with --text-col, a .txt file with one text per line, or any --data format; labels ignored; repeat for several files). Texts equal to a dev/test text are refused."),
     unlabeled_from_train: int = typer.Option(0, "--unlabeled-from-train", help="Transfer set from the data: N training-part texts that --train-cap leaves out, without their labels (-1 = all of them)."),
     teacher: List[str] = typer.Option(["sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers/all-mpnet-base-v2"], "--teacher", "-t", help="Teacher encoder: Hugging Face hub id (resolved offline from the HF cache or packaged copies) or local folder. Repeat for several. A finetuned classifier folder for the same labels (a run's teachers/teacher_i or student) is used as given, not co-finetuned."),
     teacher_mode: str = typer.Option("joint", help="joint = MT-BERT co-finetuning through one shared head; independent = each teacher its own head (ablation)."),
@@ -153,7 +153,7 @@ def resolve_run_options(ctx: typer.Context, config: Path | None) -> tuple[dict, 
         if key not in given:
             vals[key] = value
     vals["settings"] = {k: dict(v) for k, v in (file_vals.get("settings") or {}).items()}
-    for key in ("text_cols", "teachers", "baselines"):
+    for key in ("text_cols", "teachers", "baselines", "unlabeled"):
         vals[key] = list(vals[key])
     if isinstance(vals.get("weak_teacher_margin"), str):
         raw = vals["weak_teacher_margin"].strip().lower()

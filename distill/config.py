@@ -29,7 +29,7 @@ class RunConfig:
     train_cap: int | None = None
     max_length: int = 64
     # transfer set (unlabelled texts the teachers label; see distill/transfer.py)
-    unlabeled: str | None = None
+    unlabeled: list[str] = field(default_factory=list)  # --unlabeled files, in order
     unlabeled_from_train: int = 0
     # teachers
     teachers: list[str] = field(default_factory=lambda: [MINILM, MPNET])
@@ -193,7 +193,10 @@ LEGACY_FIELDS = {
 
 
 def _migrate(d: dict) -> dict:
-    """Move version 0.1 loss fields of a saved config into ``settings`` (so old runs still resume)."""
+    """Move version 0.1 loss fields of a saved config into ``settings``, and read a single ``unlabeled``
+    file (or null) as a list, so old runs still resume and job files may give one path."""
+    if "unlabeled" in d and not isinstance(d["unlabeled"], list):
+        d["unlabeled"] = [] if d["unlabeled"] is None else [d["unlabeled"]]
     settings = {k: dict(v) for k, v in (d.get("settings") or {}).items()}
     for old, targets in LEGACY_FIELDS.items():
         if old in d:

@@ -268,8 +268,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
              P.transfer.labelled_rows(P.ds), len(P.ds.label_names),
              P.split.sizes(), cfg.seed)
     if P.transfer.rows:
-        log.info("transfer set: %d unlabelled texts (%d from the training part, %d from %s)", len(P.transfer.rows),
-                 P.transfer.from_train, P.transfer.from_file, P.transfer.source)
+        log.info("transfer set: %d unlabelled texts (%d from the training part%s)", len(P.transfer.rows),
+                 P.transfer.from_train, "".join(f", {n} from {f}" for f, n in P.transfer.files.items()))
     log.info("device %s, precision %s, %d threads%s", device, precision, torch.get_num_threads(),
              f"; {W.size} processes ({W.backend})" if W.size > 1 else "")
     return _train_and_report(cfg, P, run_dir, state, timer, t_start, device, precision)

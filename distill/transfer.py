@@ -3,9 +3,10 @@
 Knowledge distillation does not need gold labels, only texts the teachers can label (DistilBERT,
 TinyBERT; SetFit's distillation guide). ``distill run`` takes them from
 
-* ``--unlabeled PATH``: a file in any format the data loaders read (CSV/TSV/JSONL with the run's
-  ``--text-col``, a ``<label>/<file>.txt`` folder, the AG News CSV, MIND ``news.tsv``) or a ``.txt``
-  file with one text per line; a label column, if present, is ignored;
+* ``--unlabeled PATH`` (repeatable: the files' texts are concatenated in the order given): a file in
+  any format the data loaders read (CSV/TSV/JSONL with the run's ``--text-col``, a
+  ``<label>/<file>.txt`` folder, the AG News CSV, MIND ``news.tsv``) or a ``.txt`` file with one text
+  per line; a label column, if present, is ignored;
 * ``--unlabeled-from-train N``: N texts of the training part that ``--train-cap`` left out of the
   labelled set, without their labels (for experiments; ``-1`` takes them all).
 
@@ -41,32 +42,35 @@ class TransferSet:
     """The unlabelled rows a run trains its students on (indices into the run's dataset).
 
     Attributes:
-        rows: dataset rows of the transfer set (training-part rows first, then the file's texts).
+        rows: dataset rows of the transfer set (training-part rows first, then the files' texts).
         from_train: how many come from the training part (``--unlabeled-from-train``).
-        from_file: how many come from ``--unlabeled``.
-        source: the ``--unlabeled`` file, or None.
+        files: ``{path: number of texts}`` of each ``--unlabeled`` file, in the order given.
         skipped_held_out: training-part texts skipped because dev or test holds the same text.
     """
 
     rows: list[int] = field(default_factory=list)
     from_train: int = 0
-    from_file: int = 0
-    source: str | None = None
+    files: dict[str, int] = field(default_factory=dict)
     skipped_held_out: int = 0
 
     def key(self, ds: TextDataset) -> str | None:
         """Fingerprint of the transfer texts (None when empty): part of the teacher-output cache key."""
         return fingerprint([ds.texts[r] for r in self.rows]) if self.rows else None
 
+    @property
+    def from_file(self) -> int:
+        """How many texts come from the ``--unlabeled`` files."""
+        return sum(self.files.values())
+
     def labelled_rows(self, ds: TextDataset) -> int:
         """Rows of ``ds`` that came from the labelled data file: :func:`build_transfer` appends the
-        ``--unlabeled`` file's texts after them."""
+        ``--unlabeled`` files' texts after them."""
         return len(ds) - self.from_file
 
     def describe(self) -> dict:
         """The record written to ``split.json`` and the report."""
         return {"texts": len(self.rows), "from_train": self.from_train, "from_file": self.from_file,
-                "source": self.source, "skipped_held_out_duplicates": self.skipped_held_out}
+                "files": dict(self.files), "skipped_held_out_duplicates": self.skipped_held_out}
 
 
 def normalize(text: str) -> str:
@@ -106,11 +110,13 @@ def read_texts(path: str | Path, text_cols: Sequence[str] = ("text",), label_col
     return ds
 
 
-def build_transfer(ds: TextDataset, split: Split, unlabeled: str | None, from_train: int, text_cols: Sequence[str],
+def build_transfer(ds: TextDataset, split: Split, unlabeled: Sequence[str], from_train: int, text_cols: Sequence[str],
                    seed: int) -> tuple[TextDataset, TransferSet]:
-    """The run's transfer set; the file's texts are appended to the dataset (label -1).
+    """The run's transfer set; the files' texts are appended to the dataset (label -1; ids
+    ``unlabeled:<row id>``, ``unlabeled2:<row id>`` ... by file).
 
     Args:
+        unlabeled: ``--unlabeled`` files (none, one or several; one path alone is accepted too).
         from_train: N training-part texts left out by ``--train-cap`` (seeded sample with ``seed``;
             -1 = all of them; 0 = none).
 
@@ -119,9 +125,11 @@ def build_transfer(ds: TextDataset, split: Split, unlabeled: str | None, from_tr
 
     Raises:
         DistillError: ``--unlabeled-from-train`` larger than what ``--train-cap`` left out (or no cap),
-            an unreadable file, or a file text that equals a dev/test text (naming the row).
+            an unreadable file, a file given twice, or a file text that equals a dev/test text (naming
+            the file and row).
     """
     ts = TransferSet()
+    unlabeled = [unlabeled] if isinstance(unlabeled, (str, Path)) else list(unlabeled or [])
     if not unlabeled and not from_train:
         return ds, ts
     held = {}
@@ -141,21 +149,23 @@ def build_transfer(ds: TextDataset, split: Split, unlabeled: str | None, from_tr
         ts.from_train = n
         if ts.skipped_held_out:
             log.info("transfer set: skipped %d training-part texts that also appear in dev/test", ts.skipped_held_out)
-    if unlabeled:
-        u = read_texts(unlabeled, text_cols)
-        clashes = [(u.ids[k], held[normalize(t)]) for k, t in enumerate(u.texts) if normalize(t) in held]
+    for k, path in enumerate(unlabeled):
+        if str(path) in ts.files:
+            raise DistillError(f"--unlabeled {path}: given twice; give each file once.")
+        u = read_texts(path, text_cols)
+        clashes = [(u.ids[j], held[normalize(t)]) for j, t in enumerate(u.texts) if normalize(t) in held]
         if clashes:
             uid, (part, r) = clashes[0]
             raise DistillError(
-                f"--unlabeled {unlabeled}: {len(clashes)} text(s) also appear in the {part} part of the data "
+                f"--unlabeled {path}: {len(clashes)} text(s) also appear in the {part} part of the data "
                 f"(first: row {uid!r} = {part} row id {ds.ids[r]!r}). Training on them would leak held-out texts "
                 "into the student; remove those rows from the file.")
-        start = len(ds)
-        ds = TextDataset(ids=ds.ids + [f"unlabeled:{i}" for i in u.ids], texts=ds.texts + u.texts,
+        start, prefix = len(ds), "unlabeled" + (str(k + 1) if k else "")
+        ds = TextDataset(ids=ds.ids + [f"{prefix}:{i}" for i in u.ids], texts=ds.texts + u.texts,
                          labels=ds.labels + [UNLABELED] * len(u), label_names=ds.label_names, source=ds.source,
                          meta=ds.meta)
         ts.rows += list(range(start, len(ds)))
-        ts.from_file, ts.source = len(u), str(unlabeled)
+        ts.files[str(path)] = len(u)
     return ds, ts
 
 

@@ -78,3 +78,13 @@ def test_example_job_files_are_valid(example):
     vals = load_job_file(example)
     cfg = RunConfig(**{k: v for k, v in vals.items() if k in RunConfig.__dataclass_fields__})
     cfg.validate()
+
+
+@pytest.mark.parametrize("value, expected", [("a.csv", ["a.csv"]), (["a.csv", "b.txt"], ["a.csv", "b.txt"]),
+                                             (None, [])])
+def test_unlabeled_takes_one_path_or_a_list(tmp_path, value, expected):
+    """One transfer-set file (the form of older job files and runs' config.json) or several."""
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({"unlabeled": value}))
+    assert load_job_file(job)["unlabeled"] == expected
+    assert RunConfig.from_dict({"unlabeled": value}).unlabeled == expected

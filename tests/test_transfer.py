@@ -82,6 +82,13 @@ def test_transfer_file_is_appended_and_dev_test_duplicates_refused(tmp_path):
     ds2, ts = build_transfer(ds, split, str(f), 0, ["text"], 13)
     assert len(ds2) == len(ds) + 2 and ts.rows == [len(ds), len(ds) + 1] and ds2.labels[-2:] == [-1, -1]
     assert ds2.ids[-1] == "unlabeled:2" and ts.describe()["from_file"] == 2
+    g = tmp_path / "more.txt"
+    g.write_text("a third text\n")
+    ds3, ts3 = build_transfer(ds, split, [str(f), str(g)], 0, ["text"], 13)  # several files, in order
+    assert ds3.ids[-3:] == ["unlabeled:1", "unlabeled:2", "unlabeled2:1"] and ds3.texts[-1] == "a third text"
+    assert ts3.files == {str(f): 2, str(g): 1} and ts3.from_file == 3 and ts3.labelled_rows(ds3) == len(ds)
+    with pytest.raises(DistillError, match="given twice"):
+        build_transfer(ds, split, [str(f), str(f)], 0, ["text"], 13)
     leak = ds.texts[split.test[3]]
     f.write_text(f"fine text\n  {leak}  \n")
     with pytest.raises(DistillError, match=r"1 text\(s\) also appear in the test part .*row '2'"):
@@ -91,14 +98,18 @@ def test_transfer_file_is_appended_and_dev_test_duplicates_refused(tmp_path):
 def test_run_with_a_transfer_set(tmp_path, tiny_teachers, tiny_csv):
     unl = tmp_path / "unlabeled.jsonl"
     unl.write_text("".join(json.dumps({"title": "News", "body": t}) + "\n" for _, t in make_texts(3, seed=7)))
+    unl2 = tmp_path / "more.txt"
+    unl2.write_text("markets rally on rate hopes\nstriker signs for a record fee\n")
     out = tmp_path / "run"
     res = runner.invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd", train_cap=60,
-                                           unlabeled_from_train=-1, unlabeled=unl))
+                                           unlabeled_from_train=-1, unlabeled=unl) + ["--unlabeled", str(unl2)])
     assert res.exit_code == 0, res.output
     split = json.loads((out / "split.json").read_text())
     tr = split["transfer"]
-    assert tr["from_file"] == 12 and tr["from_train"] + tr["skipped_held_out_duplicates"] == 84 - 60
-    assert len(tr["ids"]) == tr["texts"] == tr["from_train"] + 12
+    assert tr["files"] == {str(unl): 12, str(unl2): 2}
+    assert json.loads((out / "config.json").read_text())["unlabeled"] == [str(unl), str(unl2)]
+    assert tr["from_file"] == 14 and tr["from_train"] + tr["skipped_held_out_duplicates"] == 84 - 60
+    assert len(tr["ids"]) == tr["texts"] == tr["from_train"] + 14
     assert not set(tr["ids"]) & set(split["ids"]["train"] + split["ids"]["dev"] + split["ids"]["test"])
     r = json.loads((out / "report.json").read_text())
     mt, nokd = r["runs"]["mtbert"][0], r["runs"]["nokd"][0]
@@ -107,6 +118,7 @@ def test_run_with_a_transfer_set(tmp_path, tiny_teachers, tiny_csv):
     assert mt["teacher_weights"]["texts"] == 60 + tr["texts"]
     assert r["data"]["rows"] == 120  # the labelled file's rows; the transfer file's texts are counted apart
     assert "120 labelled rows" in (md := (out / "report.md").read_text()) and "Transfer set:" in md
+    assert f"12 from `{unl}` + 2 from `{unl2}`" in md
     from safetensors import safe_open
 
     cache = next(Path(r["teacher_store"]).rglob(f"outputs-{r['cache']['file'].split('-', 1)[1]}"))
