@@ -363,6 +363,10 @@ def detect_format(path: Path) -> str:
     return "table"
 
 
+#: Dataset names :func:`load_dataset` resolves without a path.
+BUILTIN_DATASETS = ("bbc", "ag_news", "agnews", "mind")
+
+
 def load_dataset(
     data: str | None,
     fmt: str = "auto",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .data import TextDataset, _finish, detect_format, load_dataset, load_table
+from .data import BUILTIN_DATASETS, TextDataset, _finish, detect_format, load_dataset, load_table
 from .errors import DistillError
 from .losses import UNLABELED
 from .runio import fingerprint
@@ -80,8 +80,9 @@ def normalize(text: str) -> str:
 
 def read_texts(path: str | Path, text_cols: Sequence[str] = ("text",), label_col: str | None = None,
                id_col: str | None = None, fmt: str = "auto") -> TextDataset:
-    """Texts to label from ``path``, in any format :func:`distill.data.load_dataset` reads, or a
-    ``.txt`` file with one text per line (blank lines skipped; ids are line numbers).
+    """Texts to label from ``path``, in any format :func:`distill.data.load_dataset` reads (a built-in
+    dataset name too: ``bbc``, ``ag_news``, ``mind``), or a ``.txt`` file with one text per line
+    (blank lines skipped; ids are line numbers).
 
     Labels are kept when ``label_col`` is given and the file has it (built-in formats always have
     them); otherwise every label is -1 and ``label_names`` is empty.
@@ -90,9 +91,10 @@ def read_texts(path: str | Path, text_cols: Sequence[str] = ("text",), label_col
         DistillError: missing file, unknown text column, empty text (naming the row).
     """
     p = Path(path)
-    if not p.exists():
-        raise DistillError(f"{p}: file not found. Give a CSV/TSV/JSONL file, a .txt file (one text per line) "
-                           "or a folder of <label>/<file>.txt.")
+    builtin = not p.exists() and fmt == "auto" and str(path) in BUILTIN_DATASETS
+    if not p.exists() and not builtin:
+        raise DistillError(f"{p}: file not found. Give a CSV/TSV/JSONL file, a .txt file (one text per line), "
+                           f"a folder of <label>/<file>.txt or a built-in dataset ({', '.join(BUILTIN_DATASETS)}).")
     if p.is_file() and (fmt == "lines" or (fmt == "auto" and p.suffix.lower() == ".txt")):
         ids, texts = [], []
         for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
@@ -100,11 +102,11 @@ def read_texts(path: str | Path, text_cols: Sequence[str] = ("text",), label_col
                 ids.append(str(n))
                 texts.append(line)
         return _finish(ids, texts, None, source=str(p))
-    kind = detect_format(p) if fmt == "auto" else fmt
+    kind = "builtin" if builtin else detect_format(p) if fmt == "auto" else fmt
     if kind in ("table", "csv", "tsv", "jsonl"):
         return load_table(p, text_cols=text_cols, label_col=label_col, id_col=id_col,
                           delimiter="\t" if kind == "tsv" else None, label_required=False)
-    ds = load_dataset(str(p), kind, text_cols, label_col or "label", id_col)
+    ds = load_dataset(str(path), "auto" if builtin else kind, text_cols, label_col or "label", id_col)
     if label_col is None:
         ds.labels, ds.label_names = [UNLABELED] * len(ds), []
     return ds

@@ -35,6 +35,10 @@ def test_read_texts_any_format_labels_optional(tmp_path):
         read_texts(tmp_path / "d.csv")
     with pytest.raises(DistillError, match="unknown column 'title'"):
         read_texts(tmp_path / "b.csv", text_cols=["title"])
+    bbc = read_texts("bbc")  # a built-in dataset by name, e.g. BBC articles as a news transfer set
+    assert len(bbc) == 2225 and set(bbc.labels) == {-1} and bbc.label_names == []
+    with pytest.raises(DistillError, match="file not found.*built-in dataset"):
+        read_texts(tmp_path / "bbc")
 
 
 def test_task_loss_ignores_unlabelled_rows_and_pseudo_labels():
