@@ -61,7 +61,7 @@ def run(
     student_layers: Optional[int] = typer.Option(None, "--student-layers", "-k", help="Student depth K (default half the source teacher's depth)."),
     student_head_init: str = typer.Option("shared", help="shared = start from the co-finetuned shared head when sizes match; random."),
     strategy: str = typer.Option("mtbert", help="Distillation strategy (`distill strategies` lists them): mtbert | camkd | ebkd | aekd | rl | avg | hinton | nokd."),
-    baselines: str = typer.Option("nokd", help="Comma-separated strategies trained beside it for comparison ('' for none), e.g. nokd,hinton,avg,camkd."),
+    baselines: str = typer.Option("nokd", help="Comma-separated strategies trained beside it for comparison ('' for none), e.g. nokd,hinton,avg,camkd. With --resume it may change: new ones are trained beside the finished students."),
     student_epochs: int = typer.Option(3, help="Student training epochs (the TextCNN: --set textcnn.epochs)."),
     student_lr: float = typer.Option(1e-4, help="Student encoder learning rate (AdamW; the TextCNN: --set textcnn.lr)."),
     student_batch_size: int = typer.Option(16, help="Student batch size."),
@@ -84,7 +84,7 @@ def run(
 ) -> None:
     """Co-finetune the teachers, distill a student, evaluate everything and write the run folder."""
     from .config import JOB_OPTIONS, RunConfig, parse_set_options
-    from .pipeline import run as run_job
+    from .pipeline import RESUMABLE_CHANGES, run as run_job
 
     try:
         vals, given = resolve_run_options(ctx, config)
@@ -97,7 +97,7 @@ def run(
     resume, overwrite, export, allow_drift, verbose = (vals[k] for k in ("resume", "overwrite", "export",
                                                                          "allow_drift", "verbose"))
     # options a resumed run takes from the command line (or the job file) instead of its saved config
-    resume_changes = {"repeats"} & given
+    resume_changes = RESUMABLE_CHANGES & given
     from . import distributed
 
     try:

@@ -209,7 +209,7 @@ def prepare(cfg: RunConfig) -> Prepared:
 
 
 # -------------------------------------------------------------------------------------------- run
-RESUMABLE_CHANGES = frozenset({"repeats"})
+RESUMABLE_CHANGES = frozenset({"repeats", "baselines"})
 
 
 def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: bool = False,
@@ -218,7 +218,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
 
     With ``resume`` the saved config of the run folder wins, except for device, precision, threads
     and the fields named in ``resume_changes`` (a subset of :data:`RESUMABLE_CHANGES`): a larger
-    ``repeats`` trains the extra seeds, a smaller one reports the first seeds only.
+    ``repeats`` trains the extra seeds, a smaller one reports the first seeds only; new ``baselines``
+    are trained beside the finished students (which are reused), dropped ones leave the report.
 
     Under ``torchrun`` / ``accelerate launch`` every rank runs this; rank 0 alone checks and writes the
     run folder (:mod:`distill.distributed`). The caller ends the process group (``distributed.shutdown``).

@@ -83,6 +83,11 @@ def test_resume_with_more_or_fewer_seeds(tmp_path, tiny_teachers, tiny_csv, tiny
     assert res.exit_code == 0 and len(json.loads((out / "report.json").read_text())["runs"]["mtbert"]) == 2
     res = runner.invoke(app, args + ["--resume", "--repeats", "1"])  # report the first seed only
     assert res.exit_code == 0 and [x["seed"] for x in json.loads((out / "report.json").read_text())["runs"]["mtbert"]] == [13]
+    res = runner.invoke(app, args + ["--resume", "--baselines", "nokd"])  # a baseline added to a finished run
+    assert res.exit_code == 0, res.output
+    assert (out / "students" / "mtbert-seed13" / "metrics.json").read_text() == first
+    r = json.loads((out / "report.json").read_text())
+    assert set(r["runs"]) == {"mtbert", "nokd"} and json.loads((out / "config.json").read_text())["baselines"] == ["nokd"]
     # `distill reference` adds a section to report.json; a later --resume rewrites the report and keeps it
     r = json.loads((out / "report.json").read_text())
     (out / "report.json").write_text(json.dumps(dict(r, reference={"models": [{"name": "tfidf-lr"}]})))
