@@ -155,8 +155,8 @@ def render_markdown(r: dict) -> str:
              f"{'; training part capped at ' + str(sp['train_cap']) if sp['train_cap'] else ''}); ids in `split.json`.  ")
     tr = d.get("transfer") or {}
     if tr.get("texts"):
-        src = " + ".join([f"{tr['from_train']} training-part texts without labels"] * bool(tr["from_train"])
-                         + [f"{n} from `{f}`" for f, n in tr.get("files", {}).items()])
+        parts = [f"{tr['from_train']} training-part texts without labels"] if tr["from_train"] else []
+        src = " + ".join(parts + [f"{n} from `{f}`" for f, n in tr["files"].items()])
         L.append(f"**Transfer set:** {tr['texts']} unlabelled texts ({src}); the teachers label them and every "
                  "strategy that learns from teachers trains on them with the KD/hidden losses (task loss on labelled "
                  "texts only; gold-label teacher weights use the ensemble's prediction there)"

@@ -102,11 +102,14 @@ def read_texts(path: str | Path, text_cols: Sequence[str] = ("text",), label_col
                 ids.append(str(n))
                 texts.append(line)
         return _finish(ids, texts, None, source=str(p))
-    kind = "builtin" if builtin else detect_format(p) if fmt == "auto" else fmt
-    if kind in ("table", "csv", "tsv", "jsonl"):
-        return load_table(p, text_cols=text_cols, label_col=label_col, id_col=id_col,
-                          delimiter="\t" if kind == "tsv" else None, label_required=False)
-    ds = load_dataset(str(path), "auto" if builtin else kind, text_cols, label_col or "label", id_col)
+    if builtin:
+        ds = load_dataset(str(path))
+    else:
+        kind = detect_format(p) if fmt == "auto" else fmt
+        if kind in ("table", "csv", "tsv", "jsonl"):
+            return load_table(p, text_cols=text_cols, label_col=label_col, id_col=id_col,
+                              delimiter="\t" if kind == "tsv" else None, label_required=False)
+        ds = load_dataset(str(p), kind, text_cols, label_col or "label", id_col)
     if label_col is None:
         ds.labels, ds.label_names = [UNLABELED] * len(ds), []
     return ds
@@ -118,7 +121,7 @@ def build_transfer(ds: TextDataset, split: Split, unlabeled: Sequence[str], from
     ``unlabeled:<row id>``, ``unlabeled2:<row id>`` ... by file).
 
     Args:
-        unlabeled: ``--unlabeled`` files (none, one or several; one path alone is accepted too).
+        unlabeled: ``--unlabeled`` files (none, one or several).
         from_train: N training-part texts left out by ``--train-cap`` (seeded sample with ``seed``;
             -1 = all of them; 0 = none).
 
@@ -131,7 +134,6 @@ def build_transfer(ds: TextDataset, split: Split, unlabeled: Sequence[str], from
             the file and row).
     """
     ts = TransferSet()
-    unlabeled = [unlabeled] if isinstance(unlabeled, (str, Path)) else list(unlabeled or [])
     if not unlabeled and not from_train:
         return ds, ts
     held = {}

@@ -65,25 +65,25 @@ def _dataset(tmp_path):
 def test_transfer_from_train_uses_rows_left_out_by_the_cap(tmp_path):
     ds, split = _dataset(tmp_path)
     assert len(split.spare) == 80 - 16 - 8 - 30 and not set(split.spare) & set(split.train + split.dev + split.test)
-    ds2, ts = build_transfer(ds, split, None, 10, ["text"], 13)
+    ds2, ts = build_transfer(ds, split, [], 10, ["text"], 13)
     assert ds2 is ds and ts.from_train == 10 and set(ts.rows) <= set(split.spare)
-    assert build_transfer(ds, split, None, 10, ["text"], 13)[1].rows == ts.rows  # seeded
+    assert build_transfer(ds, split, [], 10, ["text"], 13)[1].rows == ts.rows  # seeded
     labels = masked_labels(ds, ts)
     assert all(labels[r] == -1 for r in ts.rows) and all(labels[r] == ds.labels[r] for r in split.train)
-    _, every = build_transfer(ds, split, None, -1, ["text"], 13)
+    _, every = build_transfer(ds, split, [], -1, ["text"], 13)
     assert every.from_train + every.skipped_held_out == len(split.spare)
     with pytest.raises(DistillError, match="--unlabeled-from-train 99: --train-cap 30 leaves"):
-        build_transfer(ds, split, None, 99, ["text"], 13)
+        build_transfer(ds, split, [], 99, ["text"], 13)
     uncapped = stratified_split(ds.labels, ds.label_names, 13, 0.1, 0.2)
     with pytest.raises(DistillError, match="without --train-cap"):
-        build_transfer(ds, uncapped, None, 5, ["text"], 13)
+        build_transfer(ds, uncapped, [], 5, ["text"], 13)
 
 
 def test_transfer_file_is_appended_and_dev_test_duplicates_refused(tmp_path):
     ds, split = _dataset(tmp_path)
     f = tmp_path / "unl.txt"
     f.write_text("a brand new text about markets\nanother fresh one\n")
-    ds2, ts = build_transfer(ds, split, str(f), 0, ["text"], 13)
+    ds2, ts = build_transfer(ds, split, [str(f)], 0, ["text"], 13)
     assert len(ds2) == len(ds) + 2 and ts.rows == [len(ds), len(ds) + 1] and ds2.labels[-2:] == [-1, -1]
     assert ds2.ids[-1] == "unlabeled:2" and ts.describe()["from_file"] == 2
     g = tmp_path / "more.txt"
@@ -96,7 +96,7 @@ def test_transfer_file_is_appended_and_dev_test_duplicates_refused(tmp_path):
     leak = ds.texts[split.test[3]]
     f.write_text(f"fine text\n  {leak}  \n")
     with pytest.raises(DistillError, match=r"1 text\(s\) also appear in the test part .*row '2'"):
-        build_transfer(ds, split, str(f), 0, ["text"], 13)
+        build_transfer(ds, split, [str(f)], 0, ["text"], 13)
 
 
 def test_run_with_a_transfer_set(tmp_path, tiny_teachers, tiny_csv):
