@@ -363,8 +363,8 @@ def detect_format(path: Path) -> str:
     return "table"
 
 
-#: Dataset names :func:`load_dataset` resolves without a path.
-BUILTIN_DATASETS = ("bbc", "ag_news", "agnews", "mind")
+#: Dataset names :func:`load_dataset` (and ``--unlabeled``) resolve without a path, with their loaders.
+BUILTIN_DATASETS = {"bbc": load_bbc, "ag_news": load_ag_news, "agnews": load_ag_news, "mind": load_mind}
 
 
 def load_dataset(
@@ -385,10 +385,8 @@ def load_dataset(
     """
     if data in (None, "", "bbc") and fmt in ("auto", "bbc"):
         return load_bbc()
-    if data in ("ag_news", "agnews") and fmt == "auto":
-        return load_ag_news()
-    if data == "mind" and fmt == "auto":
-        return load_mind()
+    if data in BUILTIN_DATASETS and fmt == "auto":
+        return BUILTIN_DATASETS[data]()
     p = Path(data)
     if not p.exists():
         raise DistillError(f"--data: {p} does not exist. Give a CSV/TSV/JSONL file, a folder of "
