@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation mind-transfer weak-teacher agnews-strong agnews-news-transfer reference strategies clean
+.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation agnews-ablation mind-transfer weak-teacher agnews-strong agnews-news-transfer reference strategies clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -77,6 +77,13 @@ metadistil-ag: install
 # one teacher store, one run folder per row, runs/mind-ablation/ABLATION.md. Resumes when rerun.
 mind-ablation: install
 	$(BIN)/distill ablate --config examples/mind.yaml --out runs/mind-ablation
+
+# The same ablation on AG News with the strong teachers of examples/agnews-strong.yaml (labelled texts only):
+# runs/agnews-ablation/ABLATION.md. Resumes when rerun. TEACHER_STORE=~/.cache/distill/teachers reuses
+# the teachers of `make agnews-strong`.
+agnews-ablation: install
+	$(BIN)/distill ablate --config examples/agnews-ablation.yaml --out runs/agnews-ablation \
+		$(if $(TEACHER_STORE),--teacher-store $(TEACHER_STORE))
 
 # MIND with the same teachers and the AG News texts as an unlabelled transfer set: examples/mind-transfer.yaml
 mind-transfer: install
