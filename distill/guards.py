@@ -65,6 +65,18 @@ def select_teachers(teacher_metrics: list[dict], margin: float | None) -> Teache
     return sel
 
 
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """Seed-paired difference of two metric lists (seed k of both has the same initialisation and batch order).
+
+    Returns:
+        ``{"mean": mean of d_k = a_k - b_k, "se": sd(d) / sqrt(n) (0 for one seed), "n": n}`` over the
+        first ``n = min(len(a), len(b))`` seeds, in the units of ``a`` and ``b`` (e.g. macro-F1 points).
+    """
+    n = min(len(a), len(b))
+    diff = np.asarray(a[:n], float) - np.asarray(b[:n], float)
+    return {"mean": float(diff.mean()), "se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0, "n": n}
+
+
 def choose_student(summary_dev: dict[str, list[float]], main: str, rule: str) -> tuple[str, str | None]:
     """The strategy whose best-dev seed becomes the run's student.
 
@@ -85,14 +97,11 @@ def choose_student(summary_dev: dict[str, list[float]], main: str, rule: str) ->
     """
     if rule != "dev" or main == "nokd" or "nokd" not in summary_dev:
         return main, None
-    n = min(len(summary_dev[main]), len(summary_dev["nokd"]))
-    kd_k, base_k = np.asarray(summary_dev[main][:n], float), np.asarray(summary_dev["nokd"][:n], float)
-    diff = kd_k - base_k
-    gain = float(diff.mean())
-    se = float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    d = paired_difference(summary_dev[main], summary_dev["nokd"])
+    gain, se, n = d["mean"], d["se"], d["n"]
     if gain >= se:
         return main, None
-    kd, base = float(kd_k.mean()), float(base_k.mean())
+    kd, base = float(np.mean(summary_dev[main][:n])), float(np.mean(summary_dev["nokd"][:n]))
     nd = 2 if f"{kd:.2f}" != f"{base:.2f}" else 4  # enough digits to show the gap
     if gain < 0:
         why = (f"the {main} student scored below the no-KD student on dev macro-F1 ({kd:.{nd}f} < {base:.{nd}f}, "
