@@ -20,8 +20,10 @@ variant               setting                                paper
 ``t4``
 ====================  =====================================  ======================================
 
-A variant whose setting equals the job's own (e.g. ``t1`` when the job keeps the paper's t = 1) is not
-trained again: its row is the full run's, marked "= full".
+"full" is the paper's loss: every run gets ``--set mtbert.preset=paper`` (w_hid = w_kd = w_task = 1, t = 1,
+loss weighting; distill's own default has w_hid = 0), and the job's own ``mtbert`` settings override it
+(a job that names its own ``preset`` gets none added). A variant whose setting equals the full run's (e.g.
+``t1``) is not trained again: its row is the full run's, marked "= full".
 
 Output: ``DIR/ABLATION.md`` (dev and test macro-F1 in %, mean ± sample std over the job's seeds, and
 the change against the full student and against ``nokd``) and ``DIR/ablation.json``.
@@ -37,8 +39,10 @@ from pathlib import Path
 
 from distill.config import RunConfig, load_job_file
 from distill.errors import DistillError
+from distill.guards import paired_difference
 from distill.report import pm
 from distill.runio import atomic_write_json, atomic_write_text
+from distill.strategies import resolve_settings
 
 log = logging.getLogger("distill.ablate")
 
@@ -74,14 +78,17 @@ def plan(config: Path, out: Path, variants: list[str], extra: list[str]) -> list
     if bad:
         raise DistillError(f"--variants: unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}.")
     cfg = _job(config)
-    base = cfg.strategy_settings("mtbert")
+    own = dict(cfg.settings.get("mtbert") or {})
+    paper = [] if "preset" in own else ["--set", "mtbert.preset=paper"]
+    base = resolve_settings("mtbert", {"preset": "paper", **own})
     store = [] if cfg.teacher_store or any(a.startswith("--teacher-store") for a in extra) else \
         ["--teacher-store", str(out / "teachers")]
-    runs = [{"name": "full", "label": "full (the job as given)", "out": out / "full", "same_as_full": False, "args": []}]
+    runs = [{"name": "full", "label": "full (paper settings)" if paper else "full (the job as given)",
+             "out": out / "full", "same_as_full": False, "args": list(paper)}]
     for v in variants:
         field, value, label = VARIANTS[v]
         runs.append({"name": v, "label": label, "out": out / v, "same_as_full": getattr(base, field) == value,
-                     "args": ["--baselines", "", "--set", f"mtbert.{field}={str(value).lower()}"]})
+                     "args": ["--baselines", "", *paper, "--set", f"mtbert.{field}={str(value).lower()}"]})
     for r in runs:
         r["cmd"] = [sys.executable, "-m", "distill.cli", "run", "--config", str(config), "--out", str(r["out"]),
                     *store, *r.pop("args"), *extra] + (["--resume"] if (r["out"] / "state.json").is_file() else [])
@@ -118,9 +125,12 @@ def collect(runs: list[dict]) -> dict:
         rows.append({"name": "nokd", "label": "no-KD student (reference)", **nokd})
     for row in rows:
         if "test" in row:
-            row["delta_full"] = {p: row[p]["mean"] - rows[0][p]["mean"] for p in ("dev", "test")}
-            if nokd:
-                row["delta_nokd"] = {p: row[p]["mean"] - nokd[p]["mean"] for p in ("dev", "test")}
+            for ref_name, ref in (("full", rows[0]), ("nokd", nokd)):
+                if ref is None:
+                    continue
+                paired = {p: paired_difference(row[p]["values"], ref[p]["values"]) for p in ("dev", "test")}
+                row[f"delta_{ref_name}"] = {p: paired[p]["mean"] for p in paired}
+                row[f"se_{ref_name}"] = {p: paired[p]["se"] for p in paired}
     active = (full.get("teacher_selection") or {}).get("active", range(len(full["teachers"])))
     teachers = [{"name": t["name"], "dev": t["dev"]["macro_f1"], "test": t["test"]["macro_f1"], "active": i in active}
                 for i, t in enumerate(full["teachers"])]
@@ -128,27 +138,41 @@ def collect(runs: list[dict]) -> dict:
             "decisions": full.get("decisions", []), "data": full.get("data")}
 
 
+def _delta(row: dict, ref: str) -> str:
+    """``"+0.59 (0.12) / +0.65 (0.30)"``: the seed-paired change (dev / test) with its standard error in brackets;
+    ``-`` for the reference row itself."""
+    if row["name"] == ref or (ref == "full" and row.get("same_as_full")):
+        return "-"
+    d, se = row[f"delta_{ref}"], row.get(f"se_{ref}")
+    return " / ".join(f"{d[p]:+.2f}" + (f" ({se[p]:.2f})" if se and len(row[p]["values"]) > 1 else "")
+                      for p in ("dev", "test"))
+
+
 def render(res: dict, title: str) -> str:
-    """The ablation table as markdown (macro-F1 %, mean ± sample std over seeds)."""
+    """The ablation table as markdown: macro-F1 %, mean ± sample std over seeds, every seed's dev / test, and each
+    row's change against the full and the no-KD student paired by seed (standard error of the per-seed
+    differences in brackets)."""
     has_nokd = any(r["name"] == "nokd" for r in res["rows"])
-    head = "| variant | dev macro-F1 | test macro-F1 | Δ full (dev / test) |" + (" Δ nokd (dev / test) |" if has_nokd else "")
+    head = ("| variant | dev macro-F1 | test macro-F1 | per seed, dev / test | Δ full (dev / test) |"
+            + (" Δ nokd (dev / test) |" if has_nokd else ""))
     L = [f"# MT-BERT ablation: {title}", "",
          f"Macro-F1 in %, mean ± sample std over {res['seeds']} seed(s); every row has the same split, teachers and "
          "teacher-output cache.", "", "Teachers (dev / test macro-F1): " +
          "; ".join(f"{Path(t['name']).name} {t['dev']:.2f} / {t['test']:.2f}{'' if t['active'] else ' (left out)'}"
                    for t in res["teachers"]), "",
-         head, "|---|---:|---:|---:|" + ("---:|" if has_nokd else "")]
+         head, "|---|---:|---:|---|---:|" + ("---:|" if has_nokd else "")]
     for r in res["rows"]:
         if r.get("missing"):
-            L.append(f"| {r['label']} | not run | | |" + (" |" if has_nokd else ""))
+            L.append(f"| {r['label']} | not run | | | |" + (" |" if has_nokd else ""))
             continue
-        d = r["delta_full"]
+        seeds = ", ".join(f"{a:.2f} / {b:.2f}" for a, b in zip(r["dev"]["values"], r["test"]["values"]))
         line = (f"| {r['label']}{' (= full)' if r.get('same_as_full') else ''} | {pm(r['dev'])} | {pm(r['test'])} | "
-                f"{d['dev']:+.2f} / {d['test']:+.2f} |")
+                f"{seeds} | {_delta(r, 'full')} |")
         if has_nokd:
-            n = r["delta_nokd"]
-            line += f" {n['dev']:+.2f} / {n['test']:+.2f} |"
+            line += f" {_delta(r, 'nokd')} |"
         L.append(line)
+    L += ["", "Δ: mean of the per-seed differences (seed k of every row has the same initialisation and batch "
+              "order); in brackets their standard error, sd / sqrt(seeds)."]
     return "\n".join(L) + "\n"
 
 

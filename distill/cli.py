@@ -358,8 +358,9 @@ def ablate(
     variants: str = typer.Option("no_hidden,no_distill,no_task,no_weighting,t1,t2,t4", help="Comma-separated rows beside the full job: no_hidden, no_distill, no_task, no_weighting, t1, t2, t4."),
     table_only: bool = typer.Option(False, help="Only rebuild ABLATION.md from the runs already finished."),
 ) -> None:
-    """MT-BERT ablation (Fig. 5 / Fig. 4 shape): the job, then one run per changed loss setting, all on the same
-    split, teachers and teacher-output cache; writes OUT/ABLATION.md. Other `distill run` flags after the
+    """MT-BERT ablation (Fig. 5 / Fig. 4 shape): the job with the paper's loss (--set mtbert.preset=paper unless
+    the job names a preset; the job's own mtbert settings win), then one run per changed loss setting, all on
+    the same split, teachers and teacher-output cache; writes OUT/ABLATION.md. Other `distill run` flags after the
     options go to every run (e.g. --repeats 3)."""
     from benchmarks.ablation import run_ablation
 

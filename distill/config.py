@@ -8,6 +8,16 @@ from pathlib import Path
 from .errors import DistillError
 from .hub import MINILM, MPNET
 
+#: Version of ``config.json``. A run folder stores only the strategy settings the user gave, so a changed
+#: strategy default must not reach an older run when it resumes or is exported: :data:`OLD_DEFAULTS` pins
+#: the defaults of each older version. 2 (distill 0.3): MT-BERT's ``w_hid`` default 1 -> 0.
+CONFIG_VERSION = 2
+#: Strategy defaults that a ``config.json`` of each older version left implicit: {version: {strategy: {field: value}}}.
+OLD_DEFAULTS: dict[int, dict[str, dict]] = {1: {"mtbert": {"w_hid": 1.0}}}
+#: Fields every saved ``config.json`` has (a JSON job file with all of them and no ``config_version`` is a
+#: run folder's config written before version 2).
+_SAVED_FIELDS = ("out", "seed", "teachers", "strategy", "baselines", "teacher_cache", "cache_max_mb")
+
 
 @dataclass
 class RunConfig:
@@ -74,6 +84,8 @@ class RunConfig:
     cache_max_mb: float = 4096.0
     out: str = "runs/default"
     teacher_store: str | None = None
+    # the layout version of config.json (see CONFIG_VERSION); not an option
+    config_version: int = CONFIG_VERSION
 
     @property
     def strategies(self) -> list[str]:
@@ -110,12 +122,13 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        """Rebuild a config from ``config.json`` (older files' loss flags are moved into ``settings``).
+        """Rebuild a config from ``config.json`` (older files' loss flags are moved into ``settings``, and
+        the strategy defaults of their version are pinned, see :data:`OLD_DEFAULTS`).
 
         Raises:
-            DistillError: unknown fields.
+            DistillError: unknown fields, or a ``config_version`` newer than this distill's.
         """
-        d = _migrate(dict(d))
+        d = _migrate(dict(d), saved=True)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -192,9 +205,19 @@ LEGACY_FIELDS = {
 }
 
 
-def _migrate(d: dict) -> dict:
+def _migrate(d: dict, saved: bool) -> dict:
     """Move version 0.1 loss fields of a saved config into ``settings``, and read a single ``unlabeled``
-    file (or null) as a list, so old runs still resume and job files may give one path."""
+    file (or null) as a list, so old runs still resume and job files may give one path. With ``saved``
+    (``d`` is a run folder's ``config.json``), pin the strategy defaults of its ``config_version``
+    (missing = 1) so that an older run resumes, and is reproduced, with the defaults it was trained with.
+
+    Raises:
+        DistillError: ``config_version`` is newer than this distill's :data:`CONFIG_VERSION`.
+    """
+    version = d.get("config_version", 1 if saved else CONFIG_VERSION)
+    if not isinstance(version, int) or version > CONFIG_VERSION:
+        raise DistillError(f"config: config_version {version!r} is newer than this distill's ({CONFIG_VERSION}); "
+                           "upgrade distill to read this run.")
     if "unlabeled" in d and not isinstance(d["unlabeled"], list):
         d["unlabeled"] = [] if d["unlabeled"] is None else [d["unlabeled"]]
     settings = {k: dict(v) for k, v in (d.get("settings") or {}).items()}
@@ -203,8 +226,14 @@ def _migrate(d: dict) -> dict:
             value = d.pop(old)
             for strat, fname in targets:
                 settings.setdefault(strat, {}).setdefault(fname, value)
+    for v in range(version, CONFIG_VERSION):
+        for strat, old in OLD_DEFAULTS.get(v, {}).items():
+            for fname, value in old.items():
+                settings.setdefault(strat, {}).setdefault(fname, value)
     if settings:
         d["settings"] = settings
+    if saved:
+        d["config_version"] = CONFIG_VERSION
     return d
 
 
@@ -285,7 +314,8 @@ def load_job_file(path: str | Path) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise DistillError(f"--config {p}: expected a mapping of option names to values, got {type(raw).__name__}.")
-    raw = _migrate(dict(raw))
+    saved = p.suffix == ".json" and "config_version" not in raw and all(k in raw for k in _SAVED_FIELDS)
+    raw = _migrate(dict(raw), saved)
     if isinstance(raw.get("baselines"), str):  # the CLI's comma-separated form
         raw["baselines"] = [b.strip() for b in raw["baselines"].split(",") if b.strip()]
     model = _job_model()

@@ -30,7 +30,9 @@ def test_ablation_rows_share_teachers_and_cache(tmp_path, tiny_teachers, tiny_cs
     hid = json.loads((out / "no_hidden" / "report.json").read_text())
     # the extra flag reached every run; the variant changed one setting and dropped the baselines
     assert full["config"]["repeats"] == hid["config"]["repeats"] == 2
-    assert hid["config"]["settings"]["mtbert"] == {"w_hid": 0.0} and hid["config"]["baselines"] == []
+    # full = the paper's loss (distill's own default has w_hid = 0): the preset reached every run
+    assert full["config"]["settings"]["mtbert"] == {"preset": "paper"}
+    assert hid["config"]["settings"]["mtbert"] == {"preset": "paper", "w_hid": 0.0} and hid["config"]["baselines"] == []
     assert set(full["strategies"]) == {"mtbert", "nokd"} and set(hid["strategies"]) == {"mtbert"}
     # one teacher store: the variant reused the full run's co-finetuned teachers and their cached outputs
     assert hid["teacher_store"] == full["teacher_store"] and str(out / "teachers") in hid["teacher_store"]
@@ -40,10 +42,15 @@ def test_ablation_rows_share_teachers_and_cache(tmp_path, tiny_teachers, tiny_cs
     rows = {r["name"]: r for r in abl["rows"]}
     assert list(rows) == ["full", "no_hidden", "t1", "t2", "nokd"] and rows["t1"]["same_as_full"]
     assert rows["nokd"]["test"]["values"] == full["strategies"]["nokd"]["test"]["macro_f1"]["values"]
+    # the change is paired by seed, with the standard error of the per-seed differences
+    hv, fv = (x["strategies"]["mtbert"]["test"]["macro_f1"]["values"] for x in (hid, full))
+    diffs = [a - b for a, b in zip(hv, fv)]
+    assert abs(rows["no_hidden"]["se_full"]["test"] - abs(diffs[0] - diffs[1]) / 2) < 1e-9  # sd/sqrt(2) of 2 values
     d = rows["no_hidden"]["delta_full"]["test"]
     assert abs(d - (hid["strategies"]["mtbert"]["test"]["macro_f1"]["mean"]
                     - full["strategies"]["mtbert"]["test"]["macro_f1"]["mean"])) < 1e-9
     md = (out / "ABLATION.md").read_text()
+    assert "per seed, dev / test" in md and "standard error" in md
     assert "w/o hidden loss (w_hid = 0)" in md and "temperature 1 (= full)" in md and "no-KD student" in md
     # a second call resumes every run (nothing is trained again) and rebuilds the same table
     before = {n: (out / n / "student" / "model.safetensors").stat().st_mtime_ns for n in ("full", "no_hidden", "t2")}

@@ -63,7 +63,7 @@ def test_run_drops_a_weak_teacher_and_keeps_the_better_student(tmp_path, tiny_te
     # margin 0: every teacher below the best is left out; an MT-BERT student without task and KD loss
     # (hidden loss only) learns no labels, so the no-KD student wins on dev and becomes the run's student
     args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd,aekd,camkd,ebkd,rl", weak_teacher_margin=0)
-    args += ["--set", "mtbert.w_task=0", "--set", "mtbert.w_kd=0", "--set", "rl.episode_steps=2"]
+    args += ["--set", "mtbert.w_hid=1", "--set", "mtbert.w_task=0", "--set", "mtbert.w_kd=0", "--set", "rl.episode_steps=2"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     r = json.loads((out / "report.json").read_text())

@@ -62,7 +62,9 @@ def test_registered_strategies_and_losses():
         if "teacher_weights" in out:  # (B, N), rows sum to 1
             assert out["teacher_weights"].shape == (B, 2)
             assert torch.allclose(out["teacher_weights"].sum(1), torch.ones(B))
-    mt = build_strategy("mtbert", {}, teachers, StudentSpec(6, 2))
+    assert set(build_strategy("mtbert", {}, teachers, StudentSpec(6, 2))(s, t, batch)) == {
+        "loss", "dis", "task", "teacher_weights"}  # the default has no hidden loss (w_hid = 0 since 0.3)
+    mt = build_strategy("mtbert", {"preset": "paper"}, teachers, StudentSpec(6, 2))
     assert set(mt(s, t, batch)) == {"loss", "hid", "dis", "task", "teacher_weights"}
     # one W_ij per teacher and student layer, mapping d_i -> d_s
     assert [[p.weight.shape for p in row] for row in mt.projections] == [[(6, 8)] * 2, [(6, 12)] * 2]
@@ -75,3 +77,12 @@ def test_unknown_strategy_error():
 
     with pytest.raises(DistillError, match="unknown strategy"):
         build_strategy("nope", {}, [], StudentSpec(4, 1))
+
+
+def test_mtbert_without_any_loss_is_refused():
+    import pytest
+
+    from distill.errors import DistillError
+
+    with pytest.raises(DistillError, match="all three loss weights are 0"):
+        build_strategy("mtbert", {"w_kd": 0, "w_task": 0}, [], StudentSpec(4, 1))

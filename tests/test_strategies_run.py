@@ -156,3 +156,38 @@ def test_rl_resume_after_kill_equals_uninterrupted_run(tmp_path, tiny_teachers, 
     assert a["test"] == b["test"] and a["dev"] == b["dev"]
     assert [e["loss"] for e in a["epochs"]] == [e["loss"] for e in b["epochs"]]
     assert a["teacher_weights"] == b["teacher_weights"]
+
+
+def test_config_json_of_an_older_version_keeps_its_strategy_defaults(tmp_path):
+    """A run folder written before 0.3 (no ``config_version``) resumes with MT-BERT's old default w_hid = 1;
+    a current one, or a YAML job file, gets today's default (0); a newer version is refused."""
+    from distill.config import CONFIG_VERSION, RunConfig, load_job_file
+    from distill.errors import DistillError
+
+    old = {k: v for k, v in RunConfig(out=str(tmp_path / "r")).to_dict().items() if k != "config_version"}
+    cfg = RunConfig.from_dict(old)
+    assert cfg.strategy_settings("mtbert").w_hid == 1.0 and cfg.config_version == CONFIG_VERSION
+    assert RunConfig.from_dict(cfg.to_dict()).strategy_settings("mtbert").w_hid == 1.0  # stays pinned when rewritten
+    assert RunConfig.from_dict(RunConfig().to_dict()).strategy_settings("mtbert").w_hid == 0.0
+    given = dict(old, settings={"mtbert": {"w_hid": 0.1}})
+    assert RunConfig.from_dict(given).strategy_settings("mtbert").w_hid == 0.1  # a setting the user gave wins
+    # a run's config.json given as a job file is migrated the same way; a hand-written YAML job is not
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert load_job_file(tmp_path / "config.json")["settings"] == {"mtbert": {"w_hid": 1.0}}
+    (tmp_path / "job.yaml").write_text("strategy: mtbert\nrepeats: 2\n")
+    assert "settings" not in load_job_file(tmp_path / "job.yaml")
+    with pytest.raises(DistillError, match="config_version 99 is newer"):
+        RunConfig.from_dict(dict(old, config_version=99))
+
+
+def test_mtbert_paper_preset_fills_the_fields_not_given():
+    from distill.errors import DistillError
+    from distill.strategies import resolve_settings
+
+    assert resolve_settings("mtbert", None).w_hid == 0.0
+    paper = resolve_settings("mtbert", {"preset": "paper"})
+    assert (paper.w_hid, paper.w_kd, paper.w_task, paper.temperature, paper.loss_weighting) == (1.0, 1.0, 1.0, 1.0, True)
+    mixed = resolve_settings("mtbert", {"preset": "paper", "w_hid": 0.1, "temperature": 2})
+    assert (mixed.w_hid, mixed.temperature, mixed.w_kd) == (0.1, 2.0, 1.0)
+    with pytest.raises(DistillError, match="mtbert.preset='papr'"):
+        resolve_settings("mtbert", {"preset": "papr"})
