@@ -28,6 +28,7 @@ The trainer (:func:`distill.trainer.fit`) logs every component ``loss`` returns 
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -274,11 +275,15 @@ def settings_table(name) -> list[dict]:
             for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
                 if getattr(m, attr, None) is not None:
                     rng.append(f"{sym} {getattr(m, attr)}")
-        ann = f.annotation
-        if getattr(ann, "__origin__", None) is Literal:
-            tname = "one of " + " | ".join(map(str, ann.__args__))
+        ann, optional = f.annotation, False
+        args = typing.get_args(ann)
+        if type(None) in args and len(args) == 2:  # Optional[X]: show X, "or none"
+            ann, optional = next(a for a in args if a is not type(None)), True
+        if typing.get_origin(ann) is Literal:
+            tname = "one of " + " | ".join(map(str, typing.get_args(ann)))
         else:
             tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+        tname += " or none" if optional else ""
         rows.append({"name": fname, "type": tname, "default": f.default, "range": ", ".join(rng),
                      "description": f.description or ""})
     return rows
