@@ -110,6 +110,6 @@ class MTBert(DistillStrategy):
         s = self.settings
         rules = "; ".join(
             f"{t.name}: layers {t.layer_map}, {'token-level MSE' if t.token_level else 'pooled MSE (tokenizer differs)'}"
-            for t in self.teachers)
+            for t in self.teachers) if s.w_hid > 0 else "no hidden loss"
         return (f"MT-BERT: {s.w_hid}*L_hid(eq.1) + {s.w_kd}*L_dis(eq.2, t={s.temperature}, "
                 f"loss weighting {'on' if s.loss_weighting else 'off'}) + {s.w_task}*L_task(eq.3); {rules}")
