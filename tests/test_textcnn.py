@@ -157,9 +157,17 @@ def test_textcnn_runs_save_and_reload(tmp_path, tiny_teachers, tiny_csv, tiny_ru
 
 
 def test_textcnn_refuses_a_layer_loss_before_training(tmp_path, tiny_teachers, tiny_csv):
-    res = runner.invoke(app, tiny_run_args(tmp_path / "r", tiny_teachers, tiny_csv, student="textcnn"))
+    # mtbert's hidden loss (off by default since 0.3; on in the paper preset) needs Transformer layers
+    res = runner.invoke(app, tiny_run_args(tmp_path / "r", tiny_teachers, tiny_csv, student="textcnn")
+                        + ["--set", "mtbert.preset=paper"])
     assert res.exit_code != 0 and "needs the student's Transformer layers" in res.output
     assert not (tmp_path / "r" / "teachers").exists()
+    # the default mtbert (eq. (2) soft labels + task loss) needs no layers: it distils a TextCNN
+    res = runner.invoke(app, tiny_run_args(tmp_path / "m", tiny_teachers, tiny_csv, student="textcnn", baselines="")
+                        + SMALL)
+    assert res.exit_code == 0, res.output
+    r = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert r["student"]["strategy"] == "mtbert" and "no hidden loss" in r["runs"]["mtbert"][0]["description"]
     res = runner.invoke(app, tiny_run_args(tmp_path / "s", tiny_teachers, tiny_csv, strategy="camkd")
                         + ["--set", "textcnn.filters=8"])
     assert res.exit_code != 0 and "need --student textcnn" in res.output
