@@ -302,6 +302,14 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
     pos = {r: k for k, r in enumerate(train_rows)}
     logs: list[EpochLog] = []
     start = 0
+    if (resume_state is not None and resume_state.get("format") == CHECKPOINT_FORMAT
+            and (set(resume_state["model"]) != set(model.state_dict())
+                 or set(resume_state["method"]) != set(method.state_dict()))):
+        # e.g. written by a version whose strategy had other parameters (mtbert's W_ij before 0.3 with w_hid = 0):
+        # loading it would fail half-way and leave a half-restored model
+        log.warning("ignoring a checkpoint whose parameters differ from this model and strategy (written by another "
+                    "distill version or settings); this phase starts again")
+        resume_state = None
     if resume_state is not None and resume_state.get("format") == CHECKPOINT_FORMAT:
         model.load_state_dict(resume_state["model"])
         method.load_state_dict(resume_state["method"])

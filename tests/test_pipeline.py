@@ -131,6 +131,36 @@ def test_resume_after_kill(tmp_path, tiny_teachers, tiny_csv, monkeypatch):
     assert not (out / "checkpoints" / "mtbert-seed13.ckpt").exists()
 
 
+def test_a_checkpoint_of_other_parameters_restarts_the_phase(tmp_path, tiny_teachers, tiny_csv, monkeypatch):
+    """A mid-student checkpoint whose strategy state has other parameters (e.g. mtbert's W_ij, written by 0.2
+    with w_hid = 0) is not half-loaded: the student phase starts again and the run completes."""
+    import torch
+
+    import distill.students as pl
+
+    real = pl.save_checkpoint
+
+    def killing_checkpoint(path, state):
+        real(path, state)
+        if "checkpoints" in str(path):
+            raise Killed("simulated kill after the first student epoch")
+
+    monkeypatch.setattr(pl, "save_checkpoint", killing_checkpoint)
+    out = tmp_path / "run"
+    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="", teacher_store=tmp_path / "store")
+    with pytest.raises(Killed):
+        runner.invoke(app, args, catch_exceptions=False)
+    monkeypatch.setattr(pl, "save_checkpoint", real)
+    ckpt = out / "checkpoints" / "mtbert-seed13.ckpt"
+    state = torch.load(ckpt, weights_only=True)
+    state["method"]["projections.0.0.weight"] = torch.zeros(2, 2)  # a parameter this strategy does not have
+    real(ckpt, state)
+    res = runner.invoke(app, args + ["--resume"])
+    assert res.exit_code == 0, res.output
+    assert "ignoring a checkpoint whose parameters differ" in (out / "log.txt").read_text()
+    assert len(json.loads((out / "report.json").read_text())["runs"]["mtbert"][0]["epochs"]) == 2
+
+
 def test_online_teachers_when_cache_too_large(tmp_path, tiny_teachers, tiny_csv):
     res = runner.invoke(app, tiny_run_args(tmp_path / "r", tiny_teachers, tiny_csv, cache_max_mb=0.001,
                                            teacher_store=tmp_path / "store"))

@@ -74,9 +74,10 @@ class MTBert(DistillStrategy):
         if settings.w_hid == settings.w_kd == settings.w_task == 0:
             raise DistillError("--set mtbert.w_hid / w_kd / w_task: all three loss weights are 0, so the student "
                                "would have no loss; give at least one a weight > 0 (e.g. --set mtbert.preset=paper).")
+        # W_ij only when the hidden loss is on: unused parameters would sit in every checkpoint and DDP bucket
         self.projections = nn.ModuleList(
             nn.ModuleList(nn.Linear(t.hidden_size, student.hidden_size) for _ in range(student.num_layers))
-            for t in teachers
+            for t in (teachers if settings.w_hid > 0 else [])
         )
         self.needs = Needs(teachers=True, layers=settings.w_hid > 0)
 
