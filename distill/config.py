@@ -121,14 +121,15 @@ class RunConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        """Rebuild a config from ``config.json`` (older files' loss flags are moved into ``settings``, and
-        the strategy defaults of their version are pinned, see :data:`OLD_DEFAULTS`).
+    def from_dict(cls, d: dict, pin_old_defaults: bool = True) -> "RunConfig":
+        """Rebuild a config from ``config.json`` (older files' loss flags are moved into ``settings``, and,
+        with ``pin_old_defaults``, the strategy defaults of their version are pinned, see :data:`OLD_DEFAULTS`;
+        without it ``settings`` holds only what the user gave).
 
         Raises:
             DistillError: unknown fields, or a ``config_version`` newer than this distill's.
         """
-        d = _migrate(dict(d), saved=True)
+        d = _migrate(dict(d), saved=pin_old_defaults)
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

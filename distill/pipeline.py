@@ -288,10 +288,14 @@ def open_run_folder(cfg: RunConfig, resume: bool, overwrite: bool, resume_change
     saved = run_dir / "config.json"
     if run_dir.exists() and any(run_dir.iterdir()):
         if resume and saved.is_file():
-            old = RunConfig.from_dict(json.loads(saved.read_text()))
+            raw = json.loads(saved.read_text())
+            old = RunConfig.from_dict(raw)
             taken = {"device", "precision", "threads"} | (set(resume_changes) & RESUMABLE_CHANGES)
             was, now = old.to_dict(), cfg.to_dict()
-            diff = sorted(k for k, v in now.items() if was[k] != v and k not in taken)
+            # the defaults pinned for an older config_version are not a change the user made
+            given = RunConfig.from_dict(raw, pin_old_defaults=False).settings
+            diff = sorted(k for k, v in now.items()
+                          if was[k] != v and k not in taken and not (k == "settings" and v == given))
             if diff:
                 log.warning("--resume: using the saved config of %s (ignoring changed options %s)", run_dir, diff)
             for k in taken:

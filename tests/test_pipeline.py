@@ -235,3 +235,43 @@ def test_help_explains_options():
     for flag in ("--teacher", "--data", "--text-col", "--strategy", "--baselines", "--repeats", "--resume",
                  "--device", "--set", "--train-cap", "--max-length", "--student-layers"):
         assert flag in text, flag
+
+
+def test_resuming_a_run_of_an_older_version_does_not_report_its_pinned_defaults_as_changed(
+        tmp_path, tiny_teachers, tiny_csv, tiny_run):
+    """A run folder written before 0.3 (no ``config_version``) resumes with the old mtbert default pinned
+    (w_hid = 1); the same command line must not be reported as changing ``settings``, while a real change is."""
+    import logging
+    import shutil
+
+    from distill.config import RunConfig
+    from distill.pipeline import log, open_run_folder
+
+    out = tmp_path / "old"
+    shutil.copytree(tiny_run, out)
+    saved = json.loads((out / "config.json").read_text())
+    saved.pop("config_version")
+    saved["out"] = str(out)
+    (out / "config.json").write_text(json.dumps(saved))
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    log.addHandler(handler)
+    try:
+        same = RunConfig.from_dict(saved, pin_old_defaults=False)  # what the same command line builds today
+        assert "mtbert" not in same.settings
+        cfg, _ = open_run_folder(same, resume=True, overwrite=False, resume_changes=set())
+        assert cfg.strategy_settings("mtbert").w_hid == 1.0
+        assert not [m for m in messages if "ignoring changed options" in m], messages
+        changed = RunConfig.from_dict(dict(saved, settings={"mtbert": {"temperature": 2.0}}), pin_old_defaults=False)
+        cfg, _ = open_run_folder(changed, resume=True, overwrite=False, resume_changes=set())
+        assert cfg.strategy_settings("mtbert").temperature == 1.0  # the saved config wins, and says so
+        assert [m for m in messages if "ignoring changed options ['settings']" in m], messages
+    finally:
+        log.removeHandler(handler)
+    # end to end: the resumed run keeps w_hid = 1 and writes the current config_version
+    args = tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd", teacher_store=tiny_run.parent / ".teacher-store")
+    res = runner.invoke(app, args + ["--resume"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["settings"]["mtbert"]["w_hid"] == 1.0 and cfg["config_version"] == 2
