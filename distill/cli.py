@@ -60,6 +60,7 @@ def run(
     student_from: Optional[int] = typer.Option(None, help="Index of the teacher the student is cut from (and whose tokenizer it uses)."),
     student_layers: Optional[int] = typer.Option(None, "--student-layers", "-k", help="Student depth K (default half the source teacher's depth)."),
     student_head_init: str = typer.Option("shared", help="shared = start from the co-finetuned shared head when sizes match; random."),
+    student_init: str = typer.Option("pretrained", help="Encoder layers the student starts from: pretrained = the source teacher's first K pre-trained layers; teacher = its first K layers after co-finetuning (DistilBERT-style initialisation from the teacher; every strategy of the run, nokd included, starts there)."),
     strategy: str = typer.Option("mtbert", help="Distillation strategy (`distill strategies` lists them): mtbert | camkd | ebkd | aekd | rl | avg | hinton | nokd."),
     baselines: str = typer.Option("nokd", help="Comma-separated strategies trained beside it for comparison ('' for none), e.g. nokd,hinton,avg,camkd. With --resume it may change: new ones are trained beside the finished students."),
     student_epochs: int = typer.Option(3, help="Student training epochs (the TextCNN: --set textcnn.epochs)."),

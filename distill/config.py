@@ -60,6 +60,7 @@ class RunConfig:
     student_from: int | None = None
     student_layers: int | None = None
     student_head_init: str = "shared"
+    student_init: str = "pretrained"  # pretrained | teacher (the co-finetuned source teacher's layers)
     strategy: str = "mtbert"
     baselines: list[str] = field(default_factory=lambda: ["nokd"])
     student_epochs: int = 3
@@ -188,6 +189,12 @@ class RunConfig:
             raise DistillError("--weak-teacher-margin must be >= 0 (macro-F1 points), or 'none' to keep every teacher.")
         if self.student_head_init not in ("shared", "random"):
             raise DistillError("--student-head-init must be 'shared' or 'random'.")
+        if self.student_init not in ("pretrained", "teacher"):
+            raise DistillError(f"--student-init {self.student_init!r}: give 'pretrained' (the source teacher's "
+                               "pre-trained layers) or 'teacher' (its layers after co-finetuning).")
+        if self.student_init == "teacher" and self.student is not None:
+            raise DistillError(f"--student-init teacher: needs the default student (cut from a teacher), not "
+                               f"--student {self.student}. Leave --student out, or use --student-init pretrained.")
         repeated = sorted({t for t in self.teachers if self.teachers.count(t) > 1})
         if repeated and self.teacher_mode == "joint":
             raise DistillError(f"--teacher {repeated[0]} is given more than once with --teacher-mode joint: the copies "

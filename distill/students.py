@@ -45,12 +45,39 @@ def build_student(cfg, P, teachers: list[EncoderClassifier], seed: int, stok: To
         enc = encoder_from_config(src["config"])
     else:
         enc = load_encoder(src["path"], num_layers=P.K)
+        if cfg.student_init == "teacher":
+            init_from_teacher(enc, teachers[src["teacher_index"]].encoder, src["teacher"])
     d = enc.config.hidden_size
     head = ClassificationHead(d, len(P.ds.label_names), cfg.query_dim, head_dropout(enc.config), pooling=cfg.pooling)
     shared = [i for i, g in enumerate(P.given) if g is None]  # the co-finetuned teachers share one head
     if cfg.student_head_init == "shared" and cfg.teacher_mode == "joint" and shared and d == P.head_dim:
         head.load_state_dict(teachers[shared[0]].head.state_dict())
     return EncoderClassifier(enc, head, d)
+
+
+def init_from_teacher(student_encoder, teacher_encoder, name: str) -> None:
+    """Start the student's encoder from the co-finetuned teacher it is cut from (``--student-init
+    teacher``): its embeddings and first K layers (DistilBERT, Sanh et al. 2019, sec. 3, initialise the
+    student from the teacher; keeping the bottom layers is the "top-layer dropping" that Sajjad et al.
+    2020 found best among layer-dropping choices).
+
+    Args:
+        student_encoder: the K-layer encoder built from the teacher's pre-trained checkpoint (same
+            architecture and parameter names, fewer layers); updated in place.
+        teacher_encoder: the co-finetuned teacher's encoder (L >= K layers); only read.
+
+    Raises:
+        DistillError: a student parameter has no counterpart of the same name and shape in the teacher.
+    """
+    from .errors import DistillError
+
+    src = teacher_encoder.state_dict()
+    own = student_encoder.state_dict()
+    bad = [k for k, v in own.items() if k not in src or src[k].shape != v.shape]
+    if bad:
+        raise DistillError(f"--student-init teacher: the co-finetuned teacher {name!r} has no parameter {bad[0]!r} "
+                           f"of the student's shape ({len(bad)} in all); use --student-init pretrained.")
+    student_encoder.load_state_dict({k: src[k].detach().to(v.device, v.dtype) for k, v in own.items()})
 
 
 def specs(cfg, P, teacher_dev_f1: list[float] | None = None) -> tuple[list[TeacherSpec], StudentSpec]:

@@ -82,6 +82,7 @@ CASES = [
      ["--student-layers 9: deeper than the teacher it is cut from"]),
     ("student-from out of range", None, ["--student-from", "5"], ["--student-from 5: out of range, there are 2 teachers"]),
     ("teacher mode", None, ["--teacher-mode", "solo"], ["--teacher-mode must be 'joint'"]),
+    ("student init", None, ["--student-init", "finetuned"], ["--student-init 'finetuned': give 'pretrained'", "'teacher'"]),
     ("teacher is not an encoder", None, ["TEACHER_GPT2"], ["gpt2 is not a Transformer encoder", "Pass an encoder with --teacher"]),
     ("missing teacher folder", None, ["TEACHER_MISSING"], ["nowhere' was not found", "pass a local model folder"]),
     ("one teacher twice, joint heads", None, ["TEACHER_TWICE"],

@@ -1,8 +1,10 @@
 """The whole `distill run` on tiny models: run folder, report, resume, teacher reuse and error messages."""
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from distill.cli import app
@@ -275,3 +277,39 @@ def test_resuming_a_run_of_an_older_version_does_not_report_its_pinned_defaults_
     assert res.exit_code == 0, res.output
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["settings"]["mtbert"]["w_hid"] == 1.0 and cfg["config_version"] == 2
+
+
+def test_student_init_teacher_starts_from_the_cofinetuned_layers(tmp_path, tiny_teachers, tiny_csv, tiny_run):
+    """--student-init teacher: the student's embeddings and first K layers are the co-finetuned teacher's
+    (a student lr of 1e-12 keeps them where they started); --student-init pretrained: they are not."""
+    from safetensors.torch import load_file
+
+    store = tiny_run.parent / ".teacher-store"
+    loaded = {}
+    for init in ("teacher", "pretrained"):
+        out = tmp_path / init
+        res = runner.invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, baselines="", teacher_store=store,
+                                               student_init=init, student_epochs=1, student_lr=1e-12))
+        assert res.exit_code == 0, res.output
+        r = json.loads((out / "report.json").read_text())
+        assert r["teacher_training"]["reused"] is True
+        assert json.loads((out / "config.json").read_text())["student_init"] == init
+        loaded[init] = load_file(str(out / "students" / "mtbert-seed13" / "model" / "model.safetensors"))
+        teacher = load_file(str(Path(r["teacher_store"]) / "teacher_0" / "model.safetensors"))
+    pre = load_file(str(tiny_teachers[0] / "model.safetensors"))
+    keys = [k for k in loaded["teacher"] if k.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))]
+    assert keys and not any(k.startswith("encoder.layer.2.") for k in loaded["teacher"])  # K = 2 of 4 layers
+    for k in keys:
+        assert torch.allclose(loaded["teacher"][k], teacher[k], atol=1e-6), k
+    moved = [k for k in keys if not torch.allclose(teacher[k], pre[k], atol=1e-4)]
+    assert moved, "co-finetuning changed none of the student's layers: the test cannot tell the two starts apart"
+    for k in moved:
+        assert torch.allclose(loaded["pretrained"][k], pre[k], atol=1e-6) and not torch.allclose(
+            loaded["pretrained"][k], teacher[k], atol=1e-4), k
+
+
+def test_student_init_teacher_refuses_a_student_not_cut_from_a_teacher(tmp_path, tiny_teachers, tiny_csv):
+    res = runner.invoke(app, tiny_run_args(tmp_path / "x", tiny_teachers, tiny_csv, student="textcnn",
+                                           student_init="teacher"))
+    assert res.exit_code != 0
+    assert "--student-init teacher: needs the default student" in res.output and "--student textcnn" in res.output
