@@ -15,7 +15,10 @@ from __future__ import annotations
 import functools
 import logging
 
-logger = logging.getLogger("distill.serve")
+#: the serve package's logger: a child of BentoML's ``bentoml`` logger, the only one whose INFO lines a
+#: BentoML server writes (its logging config sets the root logger to WARNING)
+SERVE_LOGGER = "bentoml.distill.serve"
+logger = logging.getLogger(SERVE_LOGGER)
 
 #: the BentoML releases (major, minor) whose internals these patches were written and tested against
 TESTED_BENTOML = (1, 4)

@@ -4,12 +4,18 @@ and the corrected OpenAPI document (see :mod:`serve.openapi`)."""
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import threading
 from http import HTTPStatus
 from typing import Any, Callable
 
 import bentoml
 
+from .bentoml_patches import SERVE_LOGGER
 from .openapi import openapi_send
+
+logger = logging.getLogger(SERVE_LOGGER)
 
 
 class RequestGuard:
@@ -23,6 +29,17 @@ class RequestGuard:
       BentoML's form parser fail with a 500).
     * ``GET /metadata`` is answered with ``metadata()`` (503 while it returns None: model not loaded);
       other methods than GET/POST on ``/metadata`` get 405 with ``Allow``.
+    * It counts the HTTP requests that reached the worker (``received``) and those answered with a
+      complete response (``answered``), and when the worker shuts down (ASGI lifespan shutdown, which
+      uvicorn runs after the requests in flight have finished) it logs both: equal counts prove that
+      a SIGTERM drained every request the worker had taken. A request that a client writes onto an idle
+      keep-alive connection just as the worker closes it never reaches the worker (the client sees a
+      connection error and may safely send it again); that is HTTP/1.1, not a lost request.
+    * Once the worker has a SIGTERM or SIGINT (its server's handler still runs first), every response carries
+      ``Connection: close``, so the client's keep-alive connection closes after it (what Go's
+      ``Server.Shutdown`` and nginx do). uvicorn asks only the connections open at the signal to close;
+      a connection it accepted in that instant would otherwise stay open as long as its client keeps
+      sending, and hold the worker, and so ``bentoml serve``, from exiting (seen on 2 loaded cores).
 
     Args:
         app: the wrapped ASGI app.
@@ -39,10 +56,24 @@ class RequestGuard:
         self.metadata = metadata
         self.limit_hint = limit_hint
         self.drain_bytes = int(drain_bytes)
+        self.received = 0
+        self.answered = 0
+        self.draining = False
+
+    def drain_summary(self) -> str:
+        """The shutdown log line: requests received and answered by this worker."""
+        lost = self.received - self.answered
+        return (f"shutting down: {self.received} HTTP requests received, {self.answered} answered"
+                + (f"; {lost} got no complete response from the service (an error, or cut off)" if lost else
+                   ", none left unanswered"))
 
     async def __call__(self, scope, receive, send):
+        if scope.get("type") == "lifespan":
+            return await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
+        self.received += 1
+        send = self._counting_send(send)
         method, path = scope.get("method"), scope.get("path", "").rstrip("/")
         if method == "GET" and path == "/docs.json":
             return await self.app(scope, receive, openapi_send(send))  # the spec says what we answer
@@ -92,6 +123,49 @@ class RequestGuard:
             return msg
 
         return await self.app(scope, counting_receive, send)
+
+
+    def watch_shutdown_signals(self) -> None:
+        """Set ``draining`` when the process gets SIGTERM or SIGINT, then call the handler that was there
+        (the server's). Runs at lifespan startup, in the main thread, after uvicorn installed its handlers
+        (which it restores when it exits); a signal nobody handles (default or ignored) is left alone."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            prev = signal.getsignal(sig)
+            if not callable(prev):
+                continue
+
+            def hook(signum, frame, prev=prev):
+                self.draining = True
+                prev(signum, frame)
+            signal.signal(sig, hook)
+
+    def _lifespan_receive(self, receive):
+        async def lifespan_receive():
+            msg = await receive()
+            if msg.get("type") == "lifespan.startup":
+                self.watch_shutdown_signals()
+            return msg
+        return lifespan_receive
+
+    def _counting_send(self, send):
+        async def counting_send(msg):
+            if self.draining and msg.get("type") == "http.response.start":
+                headers = list(msg.get("headers", []))
+                if not any(k.lower() == b"connection" for k, _ in headers):
+                    msg = dict(msg, headers=headers + [(b"connection", b"close")])
+            await send(msg)
+            if msg.get("type") == "http.response.body" and not msg.get("more_body", False):
+                self.answered += 1
+        return counting_send
+
+    def _lifespan_send(self, send):
+        async def lifespan_send(msg):
+            if msg.get("type") == "lifespan.shutdown.complete":
+                logger.log(logging.INFO if self.received == self.answered else logging.WARNING, self.drain_summary())
+            await send(msg)
+        return lifespan_send
 
 
 async def send_json(send, status: int, obj: Any, headers: list | None = None) -> None:

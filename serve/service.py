@@ -43,13 +43,13 @@ import threading
 
 import bentoml
 
-from .bentoml_patches import cap_batcher_wait, fixed_json_media_type, quiet_client_errors
+from .bentoml_patches import SERVE_LOGGER, cap_batcher_wait, fixed_json_media_type, quiet_client_errors
 from .guard import RequestGuard
 from .runtime import TextClassifierRuntime, default_threads, parity_problem, resolve_export_dir
 from .schemas import Prediction, texts_type
 from .settings import load_settings
 
-logger = logging.getLogger("distill.serve")
+logger = logging.getLogger(SERVE_LOGGER)
 
 #: this process's settings (``DISTILL_*`` environment variables, see :mod:`serve.settings`)
 SETTINGS = load_settings()

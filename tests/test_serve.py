@@ -397,7 +397,7 @@ def test_service_logs_a_warning_for_a_failed_parity_gate(tiny_export, tmp_path, 
     bad = _with_parity(tiny_export, tmp_path / "bad", FAILED_PARITY)
     monkeypatch.setenv("DISTILL_EXPORT_DIR", str(bad))
     monkeypatch.setenv("DISTILL_INTRA_OP_THREADS", "1")
-    with caplog.at_level(logging.WARNING, logger="distill.serve"):
+    with caplog.at_level(logging.WARNING, logger="bentoml.distill.serve"):
         svc = NewsClassifier.inner()
     assert svc.rt.model_kind == "int8"
     assert any("MISSED its parity targets" in r.getMessage() and "parity gate" in r.getMessage()

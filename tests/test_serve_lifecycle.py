@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -103,18 +104,29 @@ def test_patches_are_skipped_on_an_untested_bentoml(monkeypatch, caplog):
     assert bentoml_patches.bentoml_version() == bentoml_patches.TESTED_BENTOML
     before = Optimizer.trigger_refresh
     monkeypatch.setattr(bentoml, "__version__", "1.5.0")
-    with caplog.at_level(logging.WARNING, logger="distill.serve"):
+    with caplog.at_level(logging.WARNING, logger="bentoml.distill.serve"):
         assert bentoml_patches.cap_batcher_wait(0.0) is False
     assert Optimizer.trigger_refresh is before
     assert any("not the tested 1.4" in r.getMessage() for r in caplog.records)
 
 
+#: what a client sees when the worker closes an idle keep-alive connection it has just written a request onto
+CONNECTION_ERRORS = ("RemoteProtocolError", "ReadError", "WriteError", "ConnectError")
+
+
 def test_sigterm_lets_the_requests_in_flight_finish(tiny_export, tmp_path):
     """What a container runtime does on stop: SIGTERM to the server's main process while 8 clients keep
-    sending. Every request sent before the signal is answered 200 (none is cut off or gets a 5xx), the
-    server exits 0, and afterwards the port refuses connections."""
+    sending. The requests in flight at the signal are answered 200, every request a worker took is
+    answered in full (each worker logs "N received, N answered" at shutdown, and the client got every
+    200 the access log shows), no request gets a 5xx, the server exits 0, and afterwards the port
+    refuses connections.
+
+    A request written onto an idle keep-alive connection just as the worker closes it fails at the
+    connection level without reaching the worker (HTTP/1.1; it is safe to send again); the two counts
+    above tell such a request from one the server dropped. Asserting "every request sent before the
+    signal is answered" failed by chance on 2 loaded cores for exactly that race."""
     texts = ["Stocks rallied on Wall Street as oil prices fell and investors bet on rate cuts " * 20] * 8
-    srv = Server(tiny_export, env={"DISTILL_INTRA_OP_THREADS": "1", "DISTILL_MAX_TEXTS": "8"},
+    srv = Server(tiny_export, env={"DISTILL_INTRA_OP_THREADS": "1", "DISTILL_MAX_TEXTS": "8", "DISTILL_WORKERS": "2"},
                  ready_timeout_s=90, log_path=tmp_path / "server.log").start()
     results: list[tuple[float, float, int | None, str | None]] = []
     stop = threading.Event()
@@ -147,11 +159,15 @@ def test_sigterm_lets_the_requests_in_flight_finish(tiny_export, tmp_path):
             t.join(timeout=60)
         srv.stop()
     sent_before = [r for r in results if r[0] < t_term[0]]
-    in_flight = [r for r in sent_before if r[1] >= t_term[0]]
+    in_flight = [r for r in sent_before if r[1] >= t_term[0] and r[2] == 200]
     assert rc == 0, srv.log_tail()
     assert len(sent_before) > 8 and in_flight, (len(sent_before), len(in_flight))
-    assert all(r[2] == 200 for r in sent_before), [r for r in sent_before if r[2] != 200]
-    assert not any(r[2] is not None and r[2] >= 500 for r in results)
+    assert all(r[2] == 200 or r[3] in CONNECTION_ERRORS for r in results), [r for r in results if r[2] != 200]
+    log = (tmp_path / "server.log").read_text()
+    drained = [tuple(map(int, m)) for m in re.findall(r"shutting down: (\d+) HTTP requests received, (\d+) answered", log)]
+    assert len(drained) == 2 and all(r == a for r, a in drained), drained  # both workers, nothing cut off
+    served = len(re.findall(r"path=/classify,.*\(status=200,", log))
+    assert served == sum(r[2] == 200 for r in results), (served, sum(r[2] == 200 for r in results))
     with pytest.raises(httpx.ConnectError):
         httpx.get(srv.url + "/livez", timeout=5)
 
@@ -189,3 +205,88 @@ def test_access_log_and_metrics_can_be_turned_off(tiny_export, tmp_path):
         assert meta["workers"] == min(usable_cores(), 4) and meta["intra_op_threads"] == 1  # auto workers
         assert (metrics.status_code == 200) is on, metrics.status_code
         assert (len(access) >= 3) is on and (len(access) == 0) is (not on), access
+
+
+def test_request_guard_counts_what_it_received_and_answered_and_logs_it_at_shutdown(caplog):
+    """The shutdown line's counts: a request answered in full (also a streamed one) counts as answered; a
+    request whose app raised (or that was cut off) does not, and then the line is a warning."""
+    import asyncio
+
+    from serve.guard import RequestGuard
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await receive()
+            return await send({"type": "lifespan.shutdown.complete"})
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+
+    async def receive():
+        return {"type": "lifespan.shutdown"}
+
+    async def send(msg):
+        sent.append(msg["type"])
+
+    async def main(paths):
+        g = RequestGuard(app, max_bytes=100)
+        for p in paths:
+            try:
+                await g({"type": "http", "method": "POST", "path": p, "headers": []}, receive, send)
+            except RuntimeError:
+                pass
+        await g({"type": "lifespan"}, receive, send)
+        return g
+
+    for paths, level, needle in ((["/classify", "/classify"], logging.INFO, "2 HTTP requests received, 2 answered, none left"),
+                                 (["/classify", "/boom"], logging.WARNING, "2 HTTP requests received, 1 answered; 1 got no")):
+        sent: list[str] = []
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="bentoml.distill.serve"):
+            g = asyncio.run(main(paths))
+        assert sent[-1] == "lifespan.shutdown.complete"
+        assert [r.levelno for r in caplog.records if "shutting down" in r.getMessage()] == [level]
+        assert needle in g.drain_summary()
+
+
+def test_request_guard_closes_keep_alive_connections_once_the_worker_has_a_shutdown_signal():
+    """After SIGTERM every response says ``Connection: close`` (so a keep-alive connection that uvicorn's
+    shutdown did not see closes after its next answer), and the server's own handler still runs."""
+    import asyncio
+    import signal as sg
+
+    from serve.guard import RequestGuard
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await receive()
+            return await send({"type": "lifespan.startup.complete"})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def startup():
+        return {"type": "lifespan.startup"}
+
+    async def send(msg):
+        sent.append(msg)
+
+    async def one_request(g):
+        await g({"type": "http", "method": "GET", "path": "/x", "headers": []}, startup, send)
+        return dict(sent[-2]["headers"])
+
+    server_saw: list[int] = []
+    before = {s: sg.getsignal(s) for s in (sg.SIGTERM, sg.SIGINT)}
+    sg.signal(sg.SIGTERM, lambda signum, frame: server_saw.append(signum))  # stands in for uvicorn's handler
+    try:
+        sent: list[dict] = []
+        g = RequestGuard(app, max_bytes=100)
+        asyncio.run(g({"type": "lifespan"}, startup, send))  # lifespan startup installs the hook
+        assert b"connection" not in asyncio.run(one_request(g))
+        sg.raise_signal(sg.SIGTERM)
+        assert server_saw == [sg.SIGTERM] and g.draining
+        assert asyncio.run(one_request(g))[b"connection"] == b"close"
+    finally:
+        for s, h in before.items():
+            sg.signal(s, h)
