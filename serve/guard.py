@@ -35,7 +35,7 @@ class RequestGuard:
       a SIGTERM drained every request the worker had taken. A request that a client writes onto an idle
       keep-alive connection just as the worker closes it never reaches the worker (the client sees a
       connection error and may safely send it again); that is HTTP/1.1, not a lost request.
-    * Once the worker has a SIGTERM or SIGINT (its server's handler still runs first), every response carries
+    * Once the worker has a SIGTERM or SIGINT (the server's own handler still runs), every response carries
       ``Connection: close``, so the client's keep-alive connection closes after it (what Go's
       ``Server.Shutdown`` and nginx do). uvicorn asks only the connections open at the signal to close;
       a connection it accepted in that instant would otherwise stay open as long as its client keeps
@@ -123,7 +123,6 @@ class RequestGuard:
             return msg
 
         return await self.app(scope, counting_receive, send)
-
 
     def watch_shutdown_signals(self) -> None:
         """Set ``draining`` when the process gets SIGTERM or SIGINT, then call the handler that was there
