@@ -392,13 +392,15 @@ def test_service_logs_a_warning_for_a_failed_parity_gate(tiny_export, tmp_path, 
     """The service itself (however it is started, e.g. from a bento) warns at start-up."""
     import logging
 
-    from serve.service import NewsClassifier
+    from serve import service
 
     bad = _with_parity(tiny_export, tmp_path / "bad", FAILED_PARITY)
     monkeypatch.setenv("DISTILL_EXPORT_DIR", str(bad))
     monkeypatch.setenv("DISTILL_INTRA_OP_THREADS", "1")
+    # the module reads its settings once, at import: an earlier test may have imported it with other ones
+    monkeypatch.setattr(service, "SETTINGS", service.load_settings())
     with caplog.at_level(logging.WARNING, logger="bentoml.distill.serve"):
-        svc = NewsClassifier.inner()
+        svc = service.NewsClassifier.inner()
     assert svc.rt.model_kind == "int8"
     assert any("MISSED its parity targets" in r.getMessage() and "parity gate" in r.getMessage()
                for r in caplog.records)
