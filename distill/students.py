@@ -77,7 +77,7 @@ def init_from_teacher(student_encoder, teacher_encoder, name: str) -> None:
     if bad:
         raise DistillError(f"--student-init teacher: the co-finetuned teacher {name!r} has no parameter {bad[0]!r} "
                            f"of the student's shape ({len(bad)} in all); use --student-init pretrained.")
-    student_encoder.load_state_dict({k: src[k].detach().to(v.device, v.dtype) for k, v in own.items()})
+    student_encoder.load_state_dict({k: src[k] for k in own})  # copies into the student's own tensors
 
 
 def specs(cfg, P, teacher_dev_f1: list[float] | None = None) -> tuple[list[TeacherSpec], StudentSpec]:

@@ -69,7 +69,7 @@ class RequestGuard:
 
     async def __call__(self, scope, receive, send):
         if scope.get("type") == "lifespan":
-            return await self.app(scope, self._lifespan_receive(receive), self._lifespan_send(send))
+            return await self.app(scope, receive, self._lifespan_send(send))
         if scope.get("type") != "http":
             return await self.app(scope, receive, send)
         self.received += 1
@@ -126,8 +126,8 @@ class RequestGuard:
 
     def watch_shutdown_signals(self) -> None:
         """Set ``draining`` when the process gets SIGTERM or SIGINT, then call the handler that was there
-        (the server's). Runs at lifespan startup, in the main thread, after uvicorn installed its handlers
-        (which it restores when it exits); a signal nobody handles (default or ignored) is left alone."""
+        (the server's). Runs when lifespan startup completes, in the main thread, after uvicorn installed its
+        handlers (which it restores when it exits); a signal nobody handles (default or ignored) is left alone."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -139,14 +139,6 @@ class RequestGuard:
                 self.draining = True
                 prev(signum, frame)
             signal.signal(sig, hook)
-
-    def _lifespan_receive(self, receive):
-        async def lifespan_receive():
-            msg = await receive()
-            if msg.get("type") == "lifespan.startup":
-                self.watch_shutdown_signals()
-            return msg
-        return lifespan_receive
 
     def _counting_send(self, send):
         async def counting_send(msg):
@@ -161,7 +153,9 @@ class RequestGuard:
 
     def _lifespan_send(self, send):
         async def lifespan_send(msg):
-            if msg.get("type") == "lifespan.shutdown.complete":
+            if msg.get("type") == "lifespan.startup.complete":
+                self.watch_shutdown_signals()
+            elif msg.get("type") == "lifespan.shutdown.complete":
                 logger.log(logging.INFO if self.received == self.answered else logging.WARNING, self.drain_summary())
             await send(msg)
         return lifespan_send

@@ -295,7 +295,7 @@ def test_student_init_teacher_starts_from_the_cofinetuned_layers(tmp_path, tiny_
         assert r["teacher_training"]["reused"] is True
         assert json.loads((out / "config.json").read_text())["student_init"] == init
         loaded[init] = load_file(str(out / "students" / "mtbert-seed13" / "model" / "model.safetensors"))
-        teacher = load_file(str(Path(r["teacher_store"]) / "teacher_0" / "model.safetensors"))
+    teacher = load_file(str(Path(r["teacher_store"]) / "teacher_0" / "model.safetensors"))  # the same store for both
     pre = load_file(str(tiny_teachers[0] / "model.safetensors"))
     keys = [k for k in loaded["teacher"] if k.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))]
     assert keys and not any(k.startswith("encoder.layer.2.") for k in loaded["teacher"])  # K = 2 of 4 layers
