@@ -41,6 +41,7 @@ class RunConfig:
     # transfer set (unlabelled texts the teachers label; see distill/transfer.py)
     unlabeled: list[str] = field(default_factory=list)  # --unlabeled files, in order
     unlabeled_from_train: int = 0
+    augment: int = 0  # augmented copies per labelled and transfer text (distill/augment.py)
     # teachers
     teachers: list[str] = field(default_factory=lambda: [MINILM, MPNET])
     teacher_mode: str = "joint"
@@ -166,6 +167,7 @@ class RunConfig:
                   ("train_cap", self.train_cap is None or self.train_cap >= 2, "an integer >= 2, or unset"),
                   ("student_layers", self.student_layers is None or self.student_layers >= 1, "an integer >= 1"),
                   ("unlabeled_from_train", self.unlabeled_from_train >= -1, "an integer >= 0, or -1 for all"),
+                  ("augment", self.augment >= 0, "an integer >= 0 (copies per training text; 0 = none)"),
                   ("teacher_patience", self.teacher_patience is None or self.teacher_patience >= 1, "an integer >= 1"),
                   ("teacher_time_budget", self.teacher_time_budget is None or self.teacher_time_budget > 0,
                    "a number of seconds > 0"),

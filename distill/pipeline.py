@@ -125,7 +125,8 @@ def prepare(cfg: RunConfig) -> Prepared:
         raise DistillError(f"{P.ds.source}: every row has the label {P.ds.label_names[0]!r} (column "
                            f"{cfg.label_col!r}); a classifier needs at least 2 classes. Check --label-col.")
     P.split = stratified_split(P.ds.labels, P.ds.label_names, cfg.seed, cfg.dev_frac, cfg.test_frac, cfg.train_cap)
-    P.ds, P.transfer = build_transfer(P.ds, P.split, cfg.unlabeled, cfg.unlabeled_from_train, cfg.text_cols, cfg.seed)
+    P.ds, P.transfer = build_transfer(P.ds, P.split, cfg.unlabeled, cfg.unlabeled_from_train, cfg.text_cols, cfg.seed,
+                                       cfg.augment)
     P.train_labels = masked_labels(P.ds, P.transfer)
     P.quiz = quiz_rows(cfg, P.split, P.ds.labels)
     P.teacher_paths, P.teacher_cfgs, P.teacher_toks = [], [], []
@@ -270,7 +271,8 @@ def run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, verbose: 
              P.split.sizes(), cfg.seed)
     if P.transfer.rows:
         log.info("transfer set: %d unlabelled texts (%d from the training part%s)", len(P.transfer.rows),
-                 P.transfer.from_train, "".join(f", {n} from {f}" for f, n in P.transfer.files.items()))
+                 P.transfer.from_train, "".join(f", {n} from {f}" for f, n in P.transfer.files.items())
+                 + (f", {P.transfer.augmented} augmented copies" if P.transfer.augmented else ""))
     log.info("device %s, precision %s, %d threads%s", device, precision, torch.get_num_threads(),
              f"; {W.size} processes ({W.backend})" if W.size > 1 else "")
     return _train_and_report(cfg, P, run_dir, state, timer, t_start, device, precision)

@@ -156,7 +156,10 @@ def render_markdown(r: dict) -> str:
     tr = d.get("transfer") or {}
     if tr.get("texts"):
         parts = [f"{tr['from_train']} training-part texts without labels"] if tr["from_train"] else []
-        src = " + ".join(parts + [f"{n} from `{f}`" for f, n in tr["files"].items()])
+        parts += [f"{n} from `{f}`" for f, n in tr["files"].items()]
+        if tr.get("augmented"):
+            parts.append(f"{tr['augmented']} augmented copies of the training texts (`--augment`, Tang et al. 2019)")
+        src = " + ".join(parts)
         L.append(f"**Transfer set:** {tr['texts']} unlabelled texts ({src}); the teachers label them and every "
                  "strategy that learns from teachers trains on them with the KD/hidden losses (task loss on labelled "
                  "texts only; gold-label teacher weights use the ensemble's prediction there)"

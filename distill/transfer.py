@@ -8,7 +8,9 @@ TinyBERT; SetFit's distillation guide). ``distill run`` takes them from
   ``<label>/<file>.txt`` folder, the AG News CSV, MIND ``news.tsv``) or a ``.txt`` file with one text
   per line; a label column, if present, is ignored;
 * ``--unlabeled-from-train N``: N texts of the training part that ``--train-cap`` left out of the
-  labelled set, without their labels (for experiments; ``-1`` takes them all).
+  labelled set, without their labels (for experiments; ``-1`` takes them all);
+* ``--augment N``: N perturbed copies of every labelled and transfer text (:mod:`distill.augment`,
+  Tang et al. 2019).
 
 The teachers label the transfer set once (soft labels and the states a strategy needs, in the
 teacher-output cache). Students of strategies that learn from teachers train on labelled and
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .augment import build_augmented
 from .data import BUILTIN_DATASETS, TextDataset, _finish, detect_format, load_dataset, load_table
 from .errors import DistillError
 from .losses import UNLABELED
@@ -46,12 +49,14 @@ class TransferSet:
         from_train: how many come from the training part (``--unlabeled-from-train``).
         files: ``{path: number of texts}`` of each ``--unlabeled`` file, in the order given.
         skipped_held_out: training-part texts skipped because dev or test holds the same text.
+        augmented: how many are augmented copies (``--augment``; appended after the files' texts).
     """
 
     rows: list[int] = field(default_factory=list)
     from_train: int = 0
     files: dict[str, int] = field(default_factory=dict)
     skipped_held_out: int = 0
+    augmented: int = 0
 
     def key(self, ds: TextDataset) -> str | None:
         """Fingerprint of the transfer texts (None when empty): part of the teacher-output cache key."""
@@ -64,13 +69,14 @@ class TransferSet:
 
     def labelled_rows(self, ds: TextDataset) -> int:
         """Rows of ``ds`` that came from the labelled data file: :func:`build_transfer` appends the
-        ``--unlabeled`` files' texts after them."""
-        return len(ds) - self.from_file
+        ``--unlabeled`` files' texts and then the augmented copies after them."""
+        return len(ds) - self.from_file - self.augmented
 
     def describe(self) -> dict:
         """The record written to ``split.json`` and the report."""
         return {"texts": len(self.rows), "from_train": self.from_train, "from_file": self.from_file,
-                "files": dict(self.files), "skipped_held_out_duplicates": self.skipped_held_out}
+                "files": dict(self.files), "augmented": self.augmented,
+                "skipped_held_out_duplicates": self.skipped_held_out}
 
 
 def normalize(text: str) -> str:
@@ -116,7 +122,7 @@ def read_texts(path: str | Path, text_cols: Sequence[str] = ("text",), label_col
 
 
 def build_transfer(ds: TextDataset, split: Split, unlabeled: Sequence[str], from_train: int, text_cols: Sequence[str],
-                   seed: int) -> tuple[TextDataset, TransferSet]:
+                   seed: int, augment: int = 0) -> tuple[TextDataset, TransferSet]:
     """The run's transfer set; the files' texts are appended to the dataset (label -1; ids
     ``unlabeled:<row id>``, ``unlabeled2:<row id>`` ... by file).
 
@@ -124,6 +130,8 @@ def build_transfer(ds: TextDataset, split: Split, unlabeled: Sequence[str], from
         unlabeled: ``--unlabeled`` files (none, one or several).
         from_train: N training-part texts left out by ``--train-cap`` (seeded sample with ``seed``;
             -1 = all of them; 0 = none).
+        augment: augmented copies per labelled and transfer text (:func:`distill.augment.build_augmented`;
+            0 = none).
 
     Returns:
         ``(dataset, transfer set)``; the dataset is ``ds`` itself when no file is given.
@@ -134,7 +142,7 @@ def build_transfer(ds: TextDataset, split: Split, unlabeled: Sequence[str], from
             the file and row).
     """
     ts = TransferSet()
-    if not unlabeled and not from_train:
+    if not unlabeled and not from_train and not augment:
         return ds, ts
     held = {}
     for part in ("test", "dev"):
@@ -170,6 +178,12 @@ def build_transfer(ds: TextDataset, split: Split, unlabeled: Sequence[str], from
                          meta=ds.meta)
         ts.rows += list(range(start, len(ds)))
         ts.files[str(path)] = len(u)
+    if augment:
+        ds, rows = build_augmented(ds, list(split.train) + ts.rows, set(held), augment, seed)
+        log.info("transfer set: %d augmented copies of %d texts (--augment %d)", len(rows),
+                 len(split.train) + len(ts.rows), augment)
+        ts.rows += rows
+        ts.augmented = len(rows)
     return ds, ts
 
 

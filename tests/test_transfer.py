@@ -15,7 +15,9 @@ from distill.cli import app
 from distill.data import load_table
 from distill.split import stratified_split
 from distill.errors import DistillError
-from distill.transfer import build_transfer, masked_labels, read_texts
+from distill.augment import MAX_NGRAM, build_augmented
+from distill.data import TextDataset
+from distill.transfer import build_transfer, masked_labels, normalize, read_texts
 
 runner = CliRunner()
 
@@ -99,6 +101,43 @@ def test_transfer_file_is_appended_and_dev_test_duplicates_refused(tmp_path):
         build_transfer(ds, split, [str(f)], 0, ["text"], 13)
 
 
+def test_augment_appends_seeded_unlabelled_copies_of_labelled_and_transfer_texts(tmp_path):
+    ds, split = _dataset(tmp_path)
+    ds2, ts = build_transfer(ds, split, [], 10, ["text"], 13, augment=2)
+    base = build_transfer(ds, split, [], 10, ["text"], 13)[1]
+    assert ts.rows[:10] == base.rows and ts.from_train == 10 and ts.labelled_rows(ds2) == len(ds)
+    aug = ts.rows[10:]
+    assert aug == list(range(len(ds), len(ds2))) and 0.9 * 2 * 40 <= ts.augmented == len(aug) <= 2 * 40
+    assert all(ds2.labels[r] == -1 for r in aug) and ts.describe()["augmented"] == ts.augmented
+    sources = {ds.ids[r] for r in split.train + base.rows}
+    assert {ds2.ids[r].split(":")[1] for r in aug} <= sources and all(ds2.ids[r].startswith("augmented:") for r in aug)
+    held = {normalize(ds.texts[r]) for r in split.dev + split.test}
+    texts = [ds2.texts[r] for r in aug]
+    assert len(set(texts)) == len(texts) and not set(texts) & (held | {normalize(t) for t in ds.texts})
+    again = build_transfer(ds, split, [], 10, ["text"], 13, augment=2)[0]
+    assert again.texts == ds2.texts  # seeded: a --resume builds the same copies
+    assert build_transfer(ds, split, [], 10, ["text"], 14, augment=2)[0].texts[len(ds):] != texts
+
+
+def test_augment_never_copies_a_held_out_or_existing_text_and_follows_tang_et_al_rates():
+    ds = TextDataset(ids=["a", "b"], texts=["alpha beta", "beta"], labels=[0, 1], label_names=["x", "y"], source="t")
+    # every possible copy: "", "alpha", "beta", "alpha beta", "beta beta", "alpha alpha", "beta alpha"
+    out, rows = build_augmented(ds, [0, 1], {"alpha", "alpha alpha"}, copies=20, seed=1)
+    assert {out.texts[r] for r in rows} <= {"beta beta", "beta alpha"} and len(rows) <= 2
+    with pytest.raises(DistillError, match="--augment 0: give the number of augmented copies"):
+        build_augmented(ds, [0], set(), copies=0, seed=1)
+    words = [f"w{i}" for i in range(200)]
+    long = TextDataset(ids=["s"], texts=[" ".join(words)], labels=[0], label_names=["x"], source="t")
+    out, rows = build_augmented(long, [0], set(), copies=2000, seed=3)
+    copies = [out.texts[r].split() for r in rows]
+    cuts = [c for c in copies if len(c) <= MAX_NGRAM]
+    assert 0.22 < len(cuts) / len(copies) < 0.28  # p_ng = 0.25
+    whole = [c for c in copies if len(c) > MAX_NGRAM]
+    kept = sum(len(c) for c in whole) / (len(whole) * len(words))
+    replaced = sum(sum(w not in c for w in words) - (len(words) - len(c)) for c in whole) / (len(whole) * len(words))
+    assert 0.88 < kept < 0.92 and 0.08 < replaced < 0.12  # p_mask (dropped) = p_pos (replaced) = 0.1
+
+
 def test_run_with_a_transfer_set(tmp_path, tiny_teachers, tiny_csv):
     unl = tmp_path / "unlabeled.jsonl"
     unl.write_text("".join(json.dumps({"title": "News", "body": t}) + "\n" for _, t in make_texts(3, seed=7)))
@@ -106,14 +145,18 @@ def test_run_with_a_transfer_set(tmp_path, tiny_teachers, tiny_csv):
     unl2.write_text("markets rally on rate hopes\nstriker signs for a record fee\n")
     out = tmp_path / "run"
     res = runner.invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd", train_cap=60,
-                                           unlabeled_from_train=-1, unlabeled=unl) + ["--unlabeled", str(unl2)])
+                                           unlabeled_from_train=-1, unlabeled=unl) + ["--unlabeled", str(unl2),
+                                                                                      "--augment", "1"])
     assert res.exit_code == 0, res.output
     split = json.loads((out / "split.json").read_text())
     tr = split["transfer"]
     assert tr["files"] == {str(unl): 12, str(unl2): 2}
     assert json.loads((out / "config.json").read_text())["unlabeled"] == [str(unl), str(unl2)]
     assert tr["from_file"] == 14 and tr["from_train"] + tr["skipped_held_out_duplicates"] == 84 - 60
-    assert len(tr["ids"]) == tr["texts"] == tr["from_train"] + 14
+    # one augmented copy of each labelled and transfer text, unless every draw repeated a text
+    assert 0.9 * (60 + tr["from_train"] + 14) <= tr["augmented"] <= 60 + tr["from_train"] + 14
+    assert len(tr["ids"]) == tr["texts"] == tr["from_train"] + 14 + tr["augmented"]
+    assert sum(i.startswith("augmented:") for i in tr["ids"]) == tr["augmented"]
     assert not set(tr["ids"]) & set(split["ids"]["train"] + split["ids"]["dev"] + split["ids"]["test"])
     r = json.loads((out / "report.json").read_text())
     mt, nokd = r["runs"]["mtbert"][0], r["runs"]["nokd"][0]
@@ -122,7 +165,7 @@ def test_run_with_a_transfer_set(tmp_path, tiny_teachers, tiny_csv):
     assert mt["teacher_weights"]["texts"] == 60 + tr["texts"]
     assert r["data"]["rows"] == 120  # the labelled file's rows; the transfer file's texts are counted apart
     assert "120 labelled rows" in (md := (out / "report.md").read_text()) and "Transfer set:" in md
-    assert f"12 from `{unl}` + 2 from `{unl2}`" in md
+    assert f"12 from `{unl}` + 2 from `{unl2}` + {tr['augmented']} augmented copies" in md
     from safetensors import safe_open
 
     cache = next(Path(r["teacher_store"]).rglob(f"outputs-{r['cache']['file'].split('-', 1)[1]}"))
