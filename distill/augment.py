@@ -65,7 +65,7 @@ def perturb(words: Sequence[str], rng: random.Random, vocab: Sequence[str], cum_
 
 
 def build_augmented(ds: TextDataset, sources: Sequence[int], held_out: set[str], copies: int,
-                    seed: int) -> tuple[TextDataset, list[int]]:
+                    seed: int) -> tuple[TextDataset, list[int], list[int]]:
     """Append ``copies`` augmented copies of each ``sources`` row to the dataset, unlabelled.
 
     Args:
@@ -76,7 +76,8 @@ def build_augmented(ds: TextDataset, sources: Sequence[int], held_out: set[str],
         seed: the run's seed (the draws are seeded with it).
 
     Returns:
-        ``(dataset with the copies appended (label -1, ids "augmented:<source id>:<k>"), their rows)``.
+        ``(dataset with the copies appended (label -1, ids "augmented:<source id>:<k>"), their rows,
+        the source row of each)``.
 
     Raises:
         DistillError: ``copies`` < 1 or no source text.
@@ -94,7 +95,7 @@ def build_augmented(ds: TextDataset, sources: Sequence[int], held_out: set[str],
         cum.append(total)
     rng = random.Random(f"augment:{seed}")
     seen = {" ".join(t.split()) for t in ds.texts} | held_out
-    ids, texts = [], []
+    ids, texts, src = [], [], []
     for r in sources:
         words = ds.texts[r].split()
         for k in range(copies):
@@ -104,8 +105,9 @@ def build_augmented(ds: TextDataset, sources: Sequence[int], held_out: set[str],
                     seen.add(text)
                     ids.append(f"augmented:{ds.ids[r]}:{k}")
                     texts.append(text)
+                    src.append(r)
                     break
     start = len(ds)
     ds = TextDataset(ids=ds.ids + ids, texts=ds.texts + texts, labels=ds.labels + [UNLABELED] * len(texts),
                      label_names=ds.label_names, source=ds.source, meta=ds.meta)
-    return ds, list(range(start, len(ds)))
+    return ds, list(range(start, len(ds))), src

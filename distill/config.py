@@ -155,8 +155,9 @@ class RunConfig:
                 if not self.textcnn:
                     raise DistillError("--set textcnn.*: TextCNN settings need --student textcnn.")
                 self.textcnn_settings()
-            else:
-                self.strategy_settings(name)
+            elif getattr(self.strategy_settings(name), "augmented", False) and not self.augment:
+                raise DistillError(f"--set {name}.augmented=true: the run makes no augmented copies to train on; "
+                                   "add --augment N (or leave the setting out).")
         checks = [("max_length", self.max_length >= 8, "an integer >= 8 (tokens)"),
                   ("teacher_epochs", self.teacher_epochs >= 0, "an integer >= 0 (0 = no co-finetuning)"),
                   ("student_epochs", self.student_epochs >= 1, "an integer >= 1"),

@@ -21,6 +21,7 @@ from .modeling import (ClassificationHead, EncoderClassifier, count_params, enco
 from .runio import RunState, atomic_dir, atomic_write_json, load_checkpoint, save_checkpoint
 from .strategies import DistillStrategy, StudentSpec, TeacherSpec, build_strategy
 from .tokens import Tokenized
+from .transfer import gold_copies
 from .trainer import FitResult, FitSettings, fit
 
 log = logging.getLogger("distill")
@@ -261,7 +262,10 @@ def student_phase(cfg, P, strat: str, seed: int, teachers, toks, tspecs, sspec, 
     torch.manual_seed(seed)
     strategy = build_strategy(strat, cfg.strategy_settings(strat), tspecs, sspec)
     # strategies that learn from teachers also train on the transfer set (task loss on labelled rows only)
-    rows = P.split.train + (P.transfer.rows if strategy.needs.teachers else [])
+    rows, labels, copies = P.split.train + (P.transfer.rows if strategy.needs.teachers else []), P.train_labels, []
+    if getattr(strategy.settings, "augmented", False):  # nokd's control for --augment: copies with gold labels
+        copies, labels = gold_copies(P.transfer, P.train_labels, P.split.train)
+        rows = rows + copies
     rows = attach_teachers(strategy, P, teachers, toks, stok, rows)  # MetaDistil: live teachers, quiz held out
     student = build_student(cfg, P, teachers, seed, stok)
     ckpt = run_dir / "checkpoints" / f"{strat}-seed{seed}.ckpt"
@@ -271,7 +275,7 @@ def student_phase(cfg, P, strat: str, seed: int, teachers, toks, tspecs, sspec, 
     evaluate = Evaluator(student, stok, P.ds.labels, {"dev": P.split.dev}, C, device, cfg.eval_batch_size, precision)
     t0 = time.perf_counter()
     with PeakMemory(device) as peak:
-        result = train_student(student, strategy, stok, P.train_labels, rows, provider,
+        result = train_student(student, strategy, stok, labels, rows, provider,
                                strategy.adjust_fit(fit_settings(cfg, seed)), device=device, precision=precision,
                                evaluate=evaluate, checkpoint=lambda st: save_checkpoint(ckpt, st),
                                resume_state=resume_state)
@@ -287,10 +291,12 @@ def student_phase(cfg, P, strat: str, seed: int, teachers, toks, tspecs, sspec, 
            "peak_memory_mb": round(peak.mb, 1), "memory_at_start_mb": round(peak.start_mb, 1), "quiz_texts": quiz_n,
            "teacher_signal": "meta-updated copies" if strategy.teacher_updatable
            else provider.mode if strategy.needs.teachers else "none",
-           "train_texts": {"labelled": len(P.split.train) - quiz_n, "transfer": len(rows) - len(P.split.train) + quiz_n},
+           "train_texts": {"labelled": len(P.split.train) - quiz_n,
+                           "transfer": len(rows) - len(P.split.train) + quiz_n - len(copies),
+                           **({"gold_labelled_copies": len(copies)} if copies else {})},
            "teacher_weights": teacher_weight_summary(expand_weights(result.weights.per_text(),
                                                                     P.teacher_selection.active, len(cfg.teachers)),
-                                                     [P.train_labels[r] for r in rows], P.ds.label_names,
+                                                     [labels[r] for r in rows], P.ds.label_names,
                                                      cfg.teachers)}
     if strategy.teacher_updatable:  # the meta-updated teachers: in the run folder, never in the teacher store
         res["updated_teachers"] = [str(Path(d).relative_to(run_dir))

@@ -50,6 +50,7 @@ class TransferSet:
         files: ``{path: number of texts}`` of each ``--unlabeled`` file, in the order given.
         skipped_held_out: training-part texts skipped because dev or test holds the same text.
         augmented: how many are augmented copies (``--augment``; appended after the files' texts).
+        copy_source: ``{augmented row: the row it is a copy of}``.
     """
 
     rows: list[int] = field(default_factory=list)
@@ -57,6 +58,7 @@ class TransferSet:
     files: dict[str, int] = field(default_factory=dict)
     skipped_held_out: int = 0
     augmented: int = 0
+    copy_source: dict[int, int] = field(default_factory=dict)
 
     def key(self, ds: TextDataset) -> str | None:
         """Fingerprint of the transfer texts (None when empty): part of the teacher-output cache key."""
@@ -179,12 +181,33 @@ def build_transfer(ds: TextDataset, split: Split, unlabeled: Sequence[str], from
         ts.rows += list(range(start, len(ds)))
         ts.files[str(path)] = len(u)
     if augment:
-        ds, rows = build_augmented(ds, list(split.train) + ts.rows, set(held), augment, seed)
+        ds, rows, src = build_augmented(ds, list(split.train) + ts.rows, set(held), augment, seed)
         log.info("transfer set: %d augmented copies of %d texts (--augment %d)", len(rows),
                  len(split.train) + len(ts.rows), augment)
         ts.rows += rows
         ts.augmented = len(rows)
+        ts.copy_source = dict(zip(rows, src))
     return ds, ts
+
+
+def gold_copies(ts: TransferSet, labels: Sequence[int], labelled: Sequence[int]) -> tuple[list[int], list[int]]:
+    """The augmented copies of labelled texts, with their source's gold label (EDA-style augmentation
+    for a strategy that learns from gold labels only: ``--set nokd.augmented=true``).
+
+    Args:
+        labels: gold labels of every dataset row (``-1`` on transfer rows).
+        labelled: the labelled training rows.
+
+    Returns:
+        ``(copy rows, labels)``: the copy rows (in dataset order) and ``labels`` with each copy set to
+        its source's label.
+    """
+    keep = set(labelled)
+    rows = [r for r, s in ts.copy_source.items() if s in keep]
+    out = list(labels)
+    for r in rows:
+        out[r] = labels[ts.copy_source[r]]
+    return rows, out
 
 
 def masked_labels(ds: TextDataset, ts: TransferSet) -> list[int]:

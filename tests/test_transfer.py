@@ -17,7 +17,7 @@ from distill.split import stratified_split
 from distill.errors import DistillError
 from distill.augment import MAX_NGRAM, build_augmented
 from distill.data import TextDataset
-from distill.transfer import build_transfer, masked_labels, normalize, read_texts
+from distill.transfer import build_transfer, gold_copies, masked_labels, normalize, read_texts
 
 runner = CliRunner()
 
@@ -119,16 +119,41 @@ def test_augment_appends_seeded_unlabelled_copies_of_labelled_and_transfer_texts
     assert build_transfer(ds, split, [], 10, ["text"], 14, augment=2)[0].texts[len(ds):] != texts
 
 
+def test_gold_copies_label_the_copies_of_labelled_texts_only(tmp_path):
+    ds, split = _dataset(tmp_path)
+    ds2, ts = build_transfer(ds, split, [], 10, ["text"], 13, augment=1)
+    labels = masked_labels(ds2, ts)
+    rows, gold = gold_copies(ts, labels, split.train)
+    assert rows and all(ts.copy_source[r] in split.train for r in rows)
+    assert len(rows) == sum(s in set(split.train) for s in ts.copy_source.values())  # not the transfer texts' copies
+    assert all(gold[r] == ds.labels[ts.copy_source[r]] for r in rows)
+    assert [g for k, g in enumerate(gold) if k not in set(rows)] == [g for k, g in enumerate(labels) if k not in set(rows)]
+
+
+def test_run_nokd_control_trains_on_gold_labelled_copies(tmp_path, tiny_teachers, tiny_csv):
+    out = tmp_path / "run"
+    res = runner.invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd", train_cap=60, augment=1)
+                        + ["--set", "nokd.augmented=true"])
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "report.json").read_text())
+    tr = json.loads((out / "split.json").read_text())["transfer"]
+    mt, nokd = r["runs"]["mtbert"][0], r["runs"]["nokd"][0]
+    assert tr["texts"] == tr["augmented"] and 54 <= tr["augmented"] <= 60  # one copy per labelled text
+    assert mt["train_texts"] == {"labelled": 60, "transfer": tr["augmented"]}
+    assert nokd["train_texts"] == {"labelled": 60, "transfer": 0, "gold_labelled_copies": tr["augmented"]}
+    assert "augmented copies with gold labels" in nokd["description"]
+
+
 def test_augment_never_copies_a_held_out_or_existing_text_and_follows_tang_et_al_rates():
     ds = TextDataset(ids=["a", "b"], texts=["alpha beta", "beta"], labels=[0, 1], label_names=["x", "y"], source="t")
     # every possible copy: "", "alpha", "beta", "alpha beta", "beta beta", "alpha alpha", "beta alpha"
-    out, rows = build_augmented(ds, [0, 1], {"alpha", "alpha alpha"}, copies=20, seed=1)
-    assert {out.texts[r] for r in rows} <= {"beta beta", "beta alpha"} and len(rows) <= 2
+    out, rows, src = build_augmented(ds, [0, 1], {"alpha", "alpha alpha"}, copies=20, seed=1)
+    assert {out.texts[r] for r in rows} <= {"beta beta", "beta alpha"} and len(rows) <= 2 and set(src) <= {0}
     with pytest.raises(DistillError, match="--augment 0: give the number of augmented copies"):
         build_augmented(ds, [0], set(), copies=0, seed=1)
     words = [f"w{i}" for i in range(200)]
     long = TextDataset(ids=["s"], texts=[" ".join(words)], labels=[0], label_names=["x"], source="t")
-    out, rows = build_augmented(long, [0], set(), copies=2000, seed=3)
+    out, rows, _ = build_augmented(long, [0], set(), copies=2000, seed=3)
     copies = [out.texts[r].split() for r in rows]
     cuts = [c for c in copies if len(c) <= MAX_NGRAM]
     assert 0.22 < len(cuts) / len(copies) < 0.28  # p_ng = 0.25

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from .. import losses
-from .base import DistillStrategy, Needs, register
+from .base import DistillStrategy, Needs, StrategySettings, register
+
+
+class NoKDSettings(StrategySettings):
+    """Settings of the no-KD baseline."""
+
+    augmented: bool = Field(False, description="also train on the --augment copies of the labelled texts, each with "
+                                               "its source's gold label (EDA-style augmentation without a teacher: "
+                                               "the control for --augment)")
 
 
 @register("nokd")
@@ -15,10 +25,11 @@ class NoKD(DistillStrategy):
 
     paper = "baseline: finetuning on gold labels (MT-BERT eq. (3) task loss only)"
     needs = Needs(teachers=False)
+    Settings = NoKDSettings
 
     def loss(self, student, teachers, batch):
         loss = losses.task_loss(student.logits, batch.labels)
         return {"loss": loss, "task": loss.detach()}
 
     def describe(self):
-        return "no KD: CE(y, y_s) only"
+        return "no KD: CE(y, y_s) only" + (" (+ augmented copies with gold labels)" if self.settings.augmented else "")
