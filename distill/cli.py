@@ -65,6 +65,7 @@ def run(
     strategy: str = typer.Option("mtbert", help="Distillation strategy (`distill strategies` lists them): mtbert | camkd | ebkd | aekd | rl | avg | hinton | nokd."),
     baselines: str = typer.Option("nokd", help="Comma-separated strategies trained beside it for comparison ('' for none), e.g. nokd,hinton,avg,camkd. With --resume it may change: new ones are trained beside the finished students."),
     student_epochs: int = typer.Option(3, help="Student training epochs (the TextCNN: --set textcnn.epochs)."),
+    student_patience: Optional[int] = typer.Option(None, help="Early stopping of every student (no-KD baseline included): score dev macro-F1 after each epoch, stop when it has not improved for N epochs, and keep the best dev epoch's weights (--student-epochs is then the maximum)."),
     student_lr: float = typer.Option(1e-4, help="Student encoder learning rate (AdamW; the TextCNN: --set textcnn.lr)."),
     student_batch_size: int = typer.Option(16, help="Student batch size."),
     repeats: int = typer.Option(1, help="Number of student seeds (seed, seed+1, ...); results as mean and std. With --resume it may change: more seeds are added to the run, fewer report the first ones."),

@@ -65,6 +65,7 @@ class RunConfig:
     strategy: str = "mtbert"
     baselines: list[str] = field(default_factory=lambda: ["nokd"])
     student_epochs: int = 3
+    student_patience: int | None = None  # early stopping of every student on its dev macro-F1 (epochs)
     student_lr: float = 1e-4
     student_batch_size: int = 16
     repeats: int = 1
@@ -170,6 +171,7 @@ class RunConfig:
                   ("unlabeled_from_train", self.unlabeled_from_train >= -1, "an integer >= 0, or -1 for all"),
                   ("augment", self.augment >= 0, "an integer >= 0 (copies per training text; 0 = none)"),
                   ("teacher_patience", self.teacher_patience is None or self.teacher_patience >= 1, "an integer >= 1"),
+                  ("student_patience", self.student_patience is None or self.student_patience >= 1, "an integer >= 1"),
                   ("teacher_time_budget", self.teacher_time_budget is None or self.teacher_time_budget > 0,
                    "a number of seconds > 0"),
                   ("teacher_lr", self.teacher_lr > 0, "a number > 0"), ("student_lr", self.student_lr > 0, "a number > 0"),

@@ -218,6 +218,10 @@ def render_markdown(r: dict) -> str:
                  "not co-finetuned).")
     for name, s in r["strategies"].items():
         L.append(f"- `{name}`: {s['description']} (teacher signal: {s['teacher_signal']}).")
+    if cfg.get("student_patience"):
+        best = "; ".join(f"{name} {[x.get('best_epoch') for x in runs]}" for name, runs in r["runs"].items())
+        L.append(f"- Students: early stopping on dev macro-F1 (patience {cfg['student_patience']}, at most "
+                 f"{cfg['student_epochs']} epochs); each keeps its best dev epoch's weights. Best epoch per seed: {best}.")
     L.append(f"- Tokenizer rule for the hidden loss: {st['tokenizer_rule']}.")
     L.append("")
 

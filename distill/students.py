@@ -13,6 +13,7 @@ import torch
 
 from . import distributed as D
 from .device import PeakMemory
+from .early_stopping import BestEpoch
 from .guards import expand_weights
 from .integrity import CorruptArtifact, verify_checksums
 from .metrics import classification_metrics, predict_logits
@@ -140,13 +141,14 @@ class Evaluator:
 
 def train_student(student: EncoderClassifier, strategy: DistillStrategy, tok: Tokenized, labels: list[int],
                   train_rows: list[int], provider, fs: FitSettings, *, device: str, precision: str,
-                  evaluate=None, checkpoint=None, resume_state=None) -> FitResult:
+                  evaluate=None, checkpoint=None, resume_state=None, early_stopping=None) -> FitResult:
     """Train ``student`` with ``strategy`` (the strategy's teacher signals come from ``provider``:
-    the cache or online teachers; None for strategies that use none)."""
+    the cache or online teachers; None for strategies that use none); ``early_stopping``: a
+    :class:`~distill.early_stopping.BestEpoch` (``--student-patience``) or None."""
     return fit(strategy, student, labels, train_rows, fs, tok=tok,
                teachers=provider if strategy.needs.teachers else None, device=device, precision=precision,
                evaluate=evaluate, checkpoint=checkpoint, resume_state=resume_state,
-               desc=f"{strategy.name} seed {fs.seed}")
+               desc=f"{strategy.name} seed {fs.seed}", early_stopping=early_stopping)
 
 
 def teacher_weight_summary(per_text: np.ndarray | None, labels: list[int], label_names: list[str],
@@ -273,12 +275,14 @@ def student_phase(cfg, P, strat: str, seed: int, teachers, toks, tspecs, sspec, 
     if resume_state is not None:
         log.info("resuming %s after epoch %d", phase, len(resume_state["logs"]))
     evaluate = Evaluator(student, stok, P.ds.labels, {"dev": P.split.dev}, C, device, cfg.eval_batch_size, precision)
+    stopper = (BestEpoch(cfg.student_patience, score=lambda: evaluate("dev")["macro_f1"])
+               if cfg.student_patience is not None else None)
     t0 = time.perf_counter()
     with PeakMemory(device) as peak:
         result = train_student(student, strategy, stok, labels, rows, provider,
                                strategy.adjust_fit(fit_settings(cfg, seed)), device=device, precision=precision,
                                evaluate=evaluate, checkpoint=lambda st: save_checkpoint(ckpt, st),
-                               resume_state=resume_state)
+                               resume_state=resume_state, early_stopping=stopper)
     train_s = time.perf_counter() - t0
     y = {part: [P.ds.labels[i] for i in getattr(P.split, part)] for part in ("dev", "test")}
     quiz_n = len(P.quiz) if strategy.teacher_updatable else 0  # training texts held out as its quiz set
@@ -288,6 +292,7 @@ def student_phase(cfg, P, strat: str, seed: int, teachers, toks, tspecs, sspec, 
                                                           cfg.eval_batch_size, precision, f"eval {part}"), y[part], C)
               for part in ("dev", "test")},
            "epochs": [vars(e) for e in result.logs], "train_seconds": train_s, "params": count_params(student),
+           "best_epoch": stopper.best_epoch if stopper is not None else None,
            "peak_memory_mb": round(peak.mb, 1), "memory_at_start_mb": round(peak.start_mb, 1), "quiz_texts": quiz_n,
            "teacher_signal": "meta-updated copies" if strategy.teacher_updatable
            else provider.mode if strategy.needs.teachers else "none",

@@ -25,6 +25,7 @@ from torch import nn
 
 from . import cache as teacher_cache
 from . import distributed as D
+from .early_stopping import BestEpoch
 from .errors import DistillError
 from .metrics import classification_metrics, predict_logits, softmax_np
 from .modeling import (META_FILE, ClassificationHead, EncoderClassifier, count_params, head_dropout,
@@ -72,12 +73,16 @@ class CoFinetune(nn.Module):
         self.indices = list(indices) if indices is not None else list(range(len(toks)))  # run's teacher numbers
         self.toks, self.dev_rows, self.labels, self.num_labels = toks, dev_rows or [], labels, num_labels
         self.patience, self.budget_s, self.batch_size = patience, budget_s, batch_size
-        self.best_f1, self.best_epoch, self.bad, self.elapsed, self.best_state = -1.0, 0, 0, 0.0, None
-        self._t0 = 0.0
+        self.best, self.elapsed, self._t0 = BestEpoch(patience, budget_s), 0.0, 0.0
 
     @property
     def early_stopping(self) -> bool:
         return bool(self.dev_rows) and (self.patience is not None or self.budget_s is not None)
+
+    @property
+    def best_f1(self) -> float:
+        """The best mean dev macro-F1 (%) so far (-1 before the first epoch)."""
+        return self.best.best_f1
 
     def configure_optimizers(self, model, fs: FitSettings, total_steps: int):
         enc, head, seen = [], [], set()
@@ -113,33 +118,23 @@ class CoFinetune(nn.Module):
               for i, (t, tk) in enumerate(zip(ctx.model, self.toks))]
         score = float(np.mean(f1))
         out = {"dev_macro_f1": f1, "dev_mean_macro_f1": score}
-        if score > self.best_f1:
-            self.best_f1, self.best_epoch, self.bad = score, ctx.epoch + 1, 0
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in ctx.model.state_dict().items()}
-        else:
-            self.bad += 1
-        if self.patience is not None and self.bad >= self.patience:
-            ctx.stop, out["stopped"] = True, f"no dev improvement for {self.bad} epoch(s)"
-        elif self.budget_s is not None and self.elapsed >= self.budget_s:
-            ctx.stop, out["stopped"] = True, f"time budget {self.budget_s:g} s reached"
+        stop = self.best.update(score, ctx.epoch + 1, ctx.model, self.elapsed)
+        if stop:
+            ctx.stop, out["stopped"] = True, stop
         log.info("co-finetuning epoch %d: teachers' dev macro-F1 %s (best epoch %d)%s", ctx.epoch + 1,
-                 " / ".join(f"{v:.2f}" for v in f1), self.best_epoch, f"; stopping: {out['stopped']}" if ctx.stop else "")
+                 " / ".join(f"{v:.2f}" for v in f1), self.best.best_epoch, f"; stopping: {stop}" if stop else "")
         return out
 
     def restore_best(self, model: nn.Module) -> int | None:
         """Load the best dev epoch's weights into ``model``; returns that epoch (None without early stopping)."""
-        if self.best_state is None:
-            return None
-        model.load_state_dict(self.best_state)
-        return self.best_epoch
+        return self.best.restore(model)
 
     def get_extra_state(self):
-        return {"best_f1": self.best_f1, "best_epoch": self.best_epoch, "bad": self.bad, "elapsed": self.elapsed,
-                "best_state": self.best_state}
+        return {**self.best.state(), "elapsed": self.elapsed}
 
     def set_extra_state(self, state):
-        self.best_f1, self.best_epoch, self.bad = state["best_f1"], state["best_epoch"], state["bad"]
-        self.elapsed, self.best_state = state["elapsed"], state["best_state"]
+        self.best.load(state)
+        self.elapsed = state["elapsed"]
 
 
 def given_teacher_meta(path: Path, name: str, label_names: list[str]) -> dict | None:

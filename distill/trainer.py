@@ -41,6 +41,7 @@ from torch import nn
 
 from . import distributed as D
 from .device import autocast_ctx, grad_scaler
+from .early_stopping import BestEpoch
 from .errors import DistillError
 from .tokens import Tokenized, progress
 
@@ -262,7 +263,7 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
         tok: Tokenized | None = None, teachers=None, device: str = "cpu", precision: str = "fp32",
         evaluate: Callable[[str], dict] | None = None, checkpoint: Callable[[dict], None] | None = None,
         resume_state: dict | None = None, order_seed: Callable[[int], int] | None = None,
-        seed_torch: bool = True, desc: str = "train") -> FitResult:
+        seed_torch: bool = True, desc: str = "train", early_stopping: BestEpoch | None = None) -> FitResult:
     """Train ``model`` with ``method`` (see the module docstring for the hooks).
 
     Args:
@@ -277,6 +278,9 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
         resume_state: a state from ``checkpoint`` to continue from.
         order_seed: epoch -> seed of that epoch's row permutation (default ``seed * 1000 + epoch``).
         seed_torch: call ``torch.manual_seed(settings.seed)`` first (dropout and strategy sampling).
+        early_stopping: a :class:`~distill.early_stopping.BestEpoch` with a ``score`` (dev macro-F1 %):
+            called after every epoch; training stops when it says so, and the best epoch's weights are
+            loaded into ``model`` at the end (each epoch's score is in ``EpochLog.extra``).
 
     Returns:
         :class:`FitResult` (the teacher weights summed over all ranks).
@@ -320,6 +324,8 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
         if W.main:  # the checkpoint holds the weights summed over the ranks: count them once
             tracker.load(resume_state["weights"])
         logs = [EpochLog(**e) for e in resume_state["logs"]]
+        if early_stopping is not None and resume_state.get("early_stopping"):
+            early_stopping.load(resume_state["early_stopping"])
         start, ctx.step = len(logs), resume_state["step"]
         rngs = resume_state.get("rng_ranks") or []
         torch.set_rng_state(rngs[W.rank] if len(rngs) == W.size else resume_state["rng"])
@@ -357,6 +363,14 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
             if s.max_steps is not None and ctx.step >= s.max_steps:
                 break
         extra = method.on_epoch_end(ctx) or {}
+        if early_stopping is not None:
+            score = early_stopping.score()
+            stop = early_stopping.update(score, epoch + 1, model)
+            extra = {**extra, "dev_macro_f1": score, "best_epoch": early_stopping.best_epoch,
+                     **({"stopped": stop} if stop else {})}
+            ctx.stop = ctx.stop or bool(stop)
+            log.info("%s epoch %d: dev macro-F1 %.2f (best epoch %d)%s", desc, epoch + 1, score,
+                     early_stopping.best_epoch, f"; stopping: {stop}" if stop else "")
         dt = time.perf_counter() - t0
         rank_rates = []
         if W.size > 1:  # components: the mean over every rank's steps; samples/s: all ranks together
@@ -379,7 +393,10 @@ def fit(method: nn.Module, model: nn.Module, labels: list[int], train_rows: list
                                                "scheduler": o.scheduler.state_dict() if o.scheduler else None}
                                               for o in opts],
                             "weights": weights, "logs": [vars(e) for e in logs], "step": ctx.step,
-                            "rng": rngs[0], "rng_ranks": rngs})
+                            "rng": rngs[0], "rng_ranks": rngs,
+                            "early_stopping": early_stopping.state() if early_stopping is not None else None})
+    if early_stopping is not None:
+        early_stopping.restore(model)
     model.eval()
     method.eval()
     return FitResult(logs, tracker.reduced())

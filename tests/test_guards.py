@@ -105,3 +105,109 @@ def test_teacher_early_stopping_keeps_the_best_dev_epoch(tmp_path, tiny_teachers
 def test_teacher_time_budget_stops_after_an_epoch(tmp_path, tiny_teachers, tiny_csv):
     rec, _ = _cofinetune(tmp_path, tiny_teachers, tiny_csv, teacher_epochs=3, teacher_time_budget=0.001)
     assert len(rec["epochs"]) == 1 and rec["stopped"] == "time budget 0.001 s reached" and rec["best_epoch"] == 1
+
+
+def test_student_early_stopping_keeps_each_students_best_dev_epoch(tmp_path, tiny_teachers, tiny_csv):
+    out = tmp_path / "run"
+    res = runner.invoke(app, tiny_run_args(out, tiny_teachers, tiny_csv, baselines="nokd", student_epochs=5,
+                                           student_patience=1, student_lr=3e-3))
+    assert res.exit_code == 0, res.output
+    r = json.loads((out / "report.json").read_text())
+    for strat in ("mtbert", "nokd"):
+        run = r["runs"][strat][0]
+        scores = [e["extra"]["dev_macro_f1"] for e in run["epochs"]]
+        assert run["best_epoch"] == 1 + int(np.argmax(scores))
+        assert len(scores) == 5 or (run["epochs"][-1]["extra"]["stopped"] == "no dev improvement for 1 epoch(s)"
+                                    and scores[-1] <= max(scores))
+        # the student evaluated (and saved) is the one of its best dev epoch, not its last
+        assert run["dev"]["macro_f1"] == pytest.approx(max(scores), abs=1e-6)
+    assert json.loads((out / "config.json").read_text())["student_patience"] == 1
+    best = "; ".join(f"{s} [{r['runs'][s][0]['best_epoch']}]" for s in ("mtbert", "nokd"))
+    assert f"early stopping on dev macro-F1 (patience 1, at most 5 epochs); each keeps its best dev epoch's weights. " \
+           f"Best epoch per seed: {best}." in (out / "report.md").read_text()
+
+
+def test_best_epoch_stops_after_patience_and_restores_the_best_weights():
+    import torch
+    from torch import nn
+
+    from distill.early_stopping import BestEpoch
+
+    model = nn.Linear(2, 1)
+    stopper, weights = BestEpoch(patience=2), []
+    for epoch, score in enumerate([50.0, 60.0, 59.0, 60.0], 1):
+        nn.init.normal_(model.weight)
+        weights.append(model.weight.detach().clone())
+        stop = stopper.update(score, epoch, model)
+        assert (stop is None) == (epoch < 4)
+    assert stop == "no dev improvement for 2 epoch(s)" and stopper.best_epoch == 2  # a tie is no improvement
+    assert stopper.restore(model) == 2 and torch.equal(model.weight, weights[1])
+    again = BestEpoch(patience=2)
+    again.load(stopper.state())
+    assert again.best_f1 == 60.0 and again.bad == 2 and torch.equal(again.best_state["weight"], weights[1])
+    budget = BestEpoch(budget_s=10)
+    assert budget.update(1.0, 1, model, elapsed_s=5) is None
+    assert budget.update(0.5, 2, model, elapsed_s=12) == "time budget 10 s reached"
+    assert BestEpoch().restore(model) is None
+
+
+class _Regression(__import__("torch").nn.Module):
+    """A minimal method for ``fit``: squared error of a linear model on (row, row) -> label."""
+
+    def configure_optimizers(self, model, fs, total_steps):
+        from distill.trainer import adamw
+
+        return [adamw([(list(model.parameters()), fs.lr)], fs.weight_decay, total_steps, fs.warmup)]
+
+    def step_loss(self, batch, ctx):
+        import torch
+
+        x = torch.tensor(batch.rows, dtype=torch.float32)[:, None].repeat(1, 2)
+        return {"loss": ((ctx.model(x).squeeze(-1) - batch.labels.float()) ** 2).mean()}
+
+    def on_epoch_start(self, ctx):
+        pass
+
+    def on_epoch_end(self, ctx):
+        return None
+
+
+def test_fit_resumed_after_a_kill_keeps_the_best_epoch_of_the_whole_run():
+    """The early-stopping state travels in fit's checkpoint: a run killed after epoch 3 and resumed
+    restores epoch 2's weights (the best dev score of all 5), as the uninterrupted run does."""
+    import torch
+    from torch import nn
+
+    from distill.early_stopping import BestEpoch
+    from distill.trainer import FitSettings, fit
+
+    scores = [10.0, 30.0, 20.0, 25.0, 5.0]
+    fs = FitSettings(epochs=5, batch_size=4, lr=0.05, head_lr=0.05, seed=1)
+    labels, rows = [0, 1] * 8, list(range(16))
+
+    def run(stopper, resume_state=None, kill_after=None):
+        torch.manual_seed(0)
+        model, states = nn.Linear(2, 1), []
+
+        def checkpoint(st):
+            states.append(st)
+            if len(st["logs"]) == kill_after:
+                raise KeyboardInterrupt  # the kill, right after the checkpoint was written
+
+        try:
+            fit(_Regression(), model, labels, rows, fs, checkpoint=checkpoint, resume_state=resume_state,
+                early_stopping=stopper)
+        except KeyboardInterrupt:
+            pass
+        return model, states
+
+    def scorer(start):
+        it = iter(scores[start:])
+        return BestEpoch(patience=3, score=lambda: next(it))
+
+    full, full_states = run(scorer(0))
+    assert torch.equal(full.weight, full_states[1]["model"]["weight"])  # epoch 2's weights, not epoch 5's
+    _, killed = run(scorer(0), kill_after=3)
+    resumed_stopper = scorer(3)
+    resumed, _ = run(resumed_stopper, resume_state=killed[-1])
+    assert resumed_stopper.best_epoch == 2 and torch.equal(resumed.weight, full.weight)
