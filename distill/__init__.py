@@ -6,4 +6,4 @@ writes a self-contained run folder that ``export`` (ONNX fp32/INT8), ``serve`` (
 ``benchmarks`` consume.
 """
 
-__version__ = "0.3.1"
+__version__ = "0.3.2"
