@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from itertools import accumulate
 from typing import Sequence
 
 from .data import TextDataset
@@ -64,14 +65,16 @@ def perturb(words: Sequence[str], rng: random.Random, vocab: Sequence[str], cum_
     return " ".join(out)
 
 
-def build_augmented(ds: TextDataset, sources: Sequence[int], held_out: set[str], copies: int,
+def build_augmented(ds: TextDataset, sources: Sequence[int], exclude: set[str], copies: int,
                     seed: int) -> tuple[TextDataset, list[int], list[int]]:
     """Append ``copies`` augmented copies of each ``sources`` row to the dataset, unlabelled.
 
     Args:
         ds: the run's dataset (labelled rows, then any ``--unlabeled`` files' texts).
         sources: rows to copy (the labelled training rows, then the transfer rows).
-        held_out: normalised dev and test texts; a copy equal to one is drawn again.
+        exclude: texts a copy must not equal, whitespace-collapsed (the dev and test texts and the
+            dataset's own; :func:`distill.transfer.normalize`): such a copy is drawn again. Copies are
+            added to it as they are made.
         copies: copies per source text (``--augment``), >= 1.
         seed: the run's seed (the draws are seeded with it).
 
@@ -82,6 +85,8 @@ def build_augmented(ds: TextDataset, sources: Sequence[int], held_out: set[str],
     Raises:
         DistillError: ``copies`` < 1 or no source text.
     """
+    from .transfer import normalize  # transfer.py imports this module
+
     if copies < 1:
         raise DistillError(f"--augment {copies}: give the number of augmented copies per training text (>= 1), "
                            "or 0 / leave it out for none.")
@@ -89,12 +94,9 @@ def build_augmented(ds: TextDataset, sources: Sequence[int], held_out: set[str],
         raise DistillError("--augment: there is no training text to copy; check --train-cap and the data file.")
     counts = Counter(w for r in sources for w in ds.texts[r].split())
     vocab = sorted(counts)
-    cum, total = [], 0
-    for w in vocab:
-        total += counts[w]
-        cum.append(total)
+    cum = list(accumulate(counts[w] for w in vocab))
     rng = random.Random(f"augment:{seed}")
-    seen = {" ".join(t.split()) for t in ds.texts} | held_out
+    seen = set(exclude) | {normalize(ds.texts[r]) for r in sources}  # a copy never equals its source
     ids, texts, src = [], [], []
     for r in sources:
         words = ds.texts[r].split()

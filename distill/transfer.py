@@ -49,20 +49,24 @@ class TransferSet:
         from_train: how many come from the training part (``--unlabeled-from-train``).
         files: ``{path: number of texts}`` of each ``--unlabeled`` file, in the order given.
         skipped_held_out: training-part texts skipped because dev or test holds the same text.
-        augmented: how many are augmented copies (``--augment``; appended after the files' texts).
-        copy_source: ``{augmented row: the row it is a copy of}``.
+        copy_source: ``{augmented row: the row it is a copy of}`` (``--augment``; the copies are appended
+            after the files' texts).
     """
 
     rows: list[int] = field(default_factory=list)
     from_train: int = 0
     files: dict[str, int] = field(default_factory=dict)
     skipped_held_out: int = 0
-    augmented: int = 0
     copy_source: dict[int, int] = field(default_factory=dict)
 
     def key(self, ds: TextDataset) -> str | None:
         """Fingerprint of the transfer texts (None when empty): part of the teacher-output cache key."""
         return fingerprint([ds.texts[r] for r in self.rows]) if self.rows else None
+
+    @property
+    def augmented(self) -> int:
+        """How many are augmented copies (``--augment``)."""
+        return len(self.copy_source)
 
     @property
     def from_file(self) -> int:
@@ -181,11 +185,11 @@ def build_transfer(ds: TextDataset, split: Split, unlabeled: Sequence[str], from
         ts.rows += list(range(start, len(ds)))
         ts.files[str(path)] = len(u)
     if augment:
-        ds, rows, src = build_augmented(ds, list(split.train) + ts.rows, set(held), augment, seed)
+        ds, rows, src = build_augmented(ds, list(split.train) + ts.rows, set(held) | {normalize(t) for t in ds.texts},
+                                        augment, seed)
         log.info("transfer set: %d augmented copies of %d texts (--augment %d)", len(rows),
                  len(split.train) + len(ts.rows), augment)
         ts.rows += rows
-        ts.augmented = len(rows)
         ts.copy_source = dict(zip(rows, src))
     return ds, ts
 
