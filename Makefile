@@ -1,6 +1,6 @@
 # make run   : install into .venv, then the default job (BBC News, both packaged teachers, offline)
 # make test  : install into .venv, then the whole test suite (unit, tiny-model, slow real-teacher tests)
-.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation agnews-ablation mind-transfer weak-teacher agnews-strong agnews-news-transfer reference strategies clean
+.PHONY: install run test test-fast export serve bench ag-news compare-ag agnews-transfer metadistil-ag mind-ablation agnews-ablation mind-transfer weak-teacher agnews-strong agnews-strong-k6 agnews-news-transfer reference strategies clean
 
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -53,6 +53,10 @@ agnews-transfer: install
 # AG News as above with strong teachers (all layers, 3 epochs, early stopping on dev): examples/agnews-strong.yaml
 agnews-strong: install
 	$(BIN)/distill run --config examples/agnews-strong.yaml $(call resume_if,runs/agnews-strong)
+
+# ... with a 6-layer student (17.2% of the ensemble; depth chosen on dev): examples/agnews-strong-k6.yaml
+agnews-strong-k6: install
+	$(BIN)/distill run --config examples/agnews-strong-k6.yaml $(call resume_if,runs/agnews-strong-k6)
 
 # ... and a larger transfer set: + the MIND sample and BBC News texts without labels: examples/agnews-news-transfer.yaml
 agnews-news-transfer: install
